@@ -1,0 +1,1 @@
+"""smcdiff.diagnostics (under construction)."""

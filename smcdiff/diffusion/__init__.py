@@ -1,0 +1,1 @@
+"""smcdiff.diffusion (under construction)."""

@@ -1,0 +1,1 @@
+"""smcdiff.gaussian (under construction)."""

@@ -1,0 +1,1 @@
+"""smcdiff.ssm (under construction)."""
