@@ -20,7 +20,18 @@ from smcdiff.core.resampling import (
     stratified,
     systematic,
 )
-from smcdiff.core.smc import SMC, SMCResult, SMCState, StepInfo, reweight, resample_where, smc
+from smcdiff.core.smc import SMC, SMCResult, SMCState, StepInfo, resample_where, reweight, smc
+from smcdiff.core.tempering import (
+    MALA,
+    AdaptiveTempering,
+    RandomWalkMetropolis,
+    TemperedResult,
+    TemperedTarget,
+    TemperingInfo,
+    TemperingState,
+    next_temperature,
+    tempered_smc,
+)
 from smcdiff.core.tree import take_particles, tree_map
 from smcdiff.core.triggers import Always, AtSteps, ESSTrigger, Every, Never, Window, make_trigger
 from smcdiff.core.weights import (
@@ -35,6 +46,8 @@ from smcdiff.core.weights import (
 )
 
 __all__ = [
+    "MALA", "AdaptiveTempering", "RandomWalkMetropolis", "TemperedResult", "TemperedTarget",
+    "TemperingInfo", "TemperingState", "next_temperature", "tempered_smc", "weighted_mean",
     "RESAMPLERS", "SMC", "Always", "AtSteps", "DegenerateWeightsError", "ESSTrigger", "Every",
     "FeynmanKac", "Moments", "Never", "Resampler", "SMCResult", "SMCState", "StepInfo",
     "Summary", "Window", "ancestors_from_counts", "check_model", "check_weights",

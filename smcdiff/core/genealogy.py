@@ -30,7 +30,7 @@ def trace_lineage(ancestors: torch.Tensor, index: torch.Tensor | None = None) ->
 
 
 def gather_paths(history: torch.Tensor, lineage: torch.Tensor) -> torch.Tensor:
-    """Particle paths ``[T, *batch, K, *event]`` from a stored history ``[T, *batch, N, *event]``."""
+    """Particle paths ``[T, *batch, K, *event]`` from a history ``[T, *batch, N, *event]``."""
     batch_ndim = lineage.dim() - 2
     event = history.shape[lineage.dim():]
     idx = lineage.reshape(*lineage.shape, *([1] * len(event))).expand(*lineage.shape, *event)

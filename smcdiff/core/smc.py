@@ -33,7 +33,7 @@ from smcdiff.core.feynman_kac import FeynmanKac, check_model, nfe_of_step
 from smcdiff.core.resampling import Resampler, get_resampler
 from smcdiff.core.tree import Particles, take_particles, tree_leaves
 from smcdiff.core.triggers import ResamplingTrigger, make_trigger
-from smcdiff.core.weights import DegenerateWeightsError, ess, is_degenerate, normalize
+from smcdiff.core.weights import DegenerateWeightsError, normalize
 
 # ----------------------------------------------------------------------------- state
 
@@ -47,6 +47,8 @@ class SMCState(NamedTuple):
         log_w: ``[*batch, N]`` unnormalized log-weights carried since the last resampling.
         log_z: ``[*batch]`` running log-normalizer estimate ``log Z_hat_{t-1}``.
         bad_step: ``[*batch]`` first step whose weights were degenerate, ``-1`` if none.
+        ess: ``[*batch]`` ESS of ``log_w`` (kept so the next trigger need not recompute it).
+        log_sum_w: ``[*batch]`` ``logsumexp(log_w)`` (the next increment's denominator).
     """
 
     t: int
@@ -54,6 +56,8 @@ class SMCState(NamedTuple):
     log_w: torch.Tensor
     log_z: torch.Tensor
     bad_step: torch.Tensor
+    ess: torch.Tensor
+    log_sum_w: torch.Tensor
 
 
 class StepInfo(NamedTuple):
@@ -86,6 +90,13 @@ def resample_where(
     ``flag`` is the static ``False`` (nothing is drawn then).
     """
     batch = log_w.shape[:-1]
+    if isinstance(flag, torch.Tensor) and flag.device.type == "cpu":
+        # On the CPU a look at the flags costs nothing and saves the work when all agree;
+        # on accelerators the decision stays on the device (no host synchronisation).
+        if not bool(flag.any()):
+            flag = False
+        elif bool(flag.all()):
+            flag = True
     if flag is False:
         return particles, log_w, None, torch.zeros(batch, dtype=torch.bool, device=log_w.device)
     anc = resampler(log_w, generator=generator)
@@ -108,6 +119,11 @@ def reweight(carried_log_w: torch.Tensor, log_G: torch.Tensor) -> tuple[torch.Te
     return log_w, inc
 
 
+def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    lse = torch.logsumexp(log_w, -1)
+    return torch.exp(2 * lse - torch.logsumexp(2 * log_w, -1)), lse
+
+
 def _check_log_G(log_G: Any, t: int, expected: torch.Size, like: torch.Tensor | None) -> None:
     if not isinstance(log_G, torch.Tensor):
         raise TypeError(f"log_G at step {t} must return a tensor, got {type(log_G).__name__}")
@@ -124,8 +140,9 @@ def _check_log_G(log_G: Any, t: int, expected: torch.Size, like: torch.Tensor | 
         )
 
 
-def _mark_bad(bad_step: torch.Tensor, log_w: torch.Tensor, t: int) -> torch.Tensor:
-    bad = is_degenerate(log_w)
+def _mark_bad(bad_step: torch.Tensor, log_z_w: torch.Tensor, t: int) -> torch.Tensor:
+    # logsumexp of the weights is NaN, -inf or +inf exactly when they are degenerate.
+    bad = ~torch.isfinite(log_z_w)
     return torch.where((bad_step < 0) & bad, torch.full_like(bad_step, t), bad_step)
 
 
@@ -162,7 +179,7 @@ class SMC:
     model: FeynmanKac
     num_particles: int
     batch_shape: tuple[int, ...] = ()
-    resampler: Resampler | str = "systematic"
+    resampler: Resampler = "systematic"  # type: ignore[assignment]  # a name is looked up
     trigger: ResamplingTrigger = field(default_factory=lambda: make_trigger("adaptive"))
     check: str = "auto"
 
@@ -193,13 +210,14 @@ class SMC:
                 )
         log_G = self.model.log_G(0, None, x)
         _check_log_G(log_G, 0, torch.Size((*batch, N)), leaves[0])
-        log_z = torch.logsumexp(log_G, -1) - math.log(N)
-        bad = _mark_bad(torch.full(batch, -1, dtype=torch.long, device=log_G.device), log_G, 0)
+        ess0, lse = _ess_and_lse(log_G)
+        log_z = lse - math.log(N)
+        bad = _mark_bad(torch.full(batch, -1, dtype=torch.long, device=log_G.device), lse, 0)
         if self._check_now(log_G):
             raise_if_degenerate(bad)
-        state = SMCState(1, x, log_G, log_z, bad)
+        state = SMCState(1, x, log_G, log_z, bad, ess0, lse)
         no = torch.zeros(batch, dtype=torch.bool, device=log_G.device)
-        return state, StepInfo(0, None, no, ess(log_G), log_z, log_G)
+        return state, StepInfo(0, None, no, ess0, log_z, log_G)
 
     def step(
         self, state: SMCState, generator: torch.Generator | None = None
@@ -208,19 +226,30 @@ class SMC:
         t = state.t
         if t >= self.model.T:
             raise ValueError(f"the model has T={self.model.T} steps; step {t} does not exist")
-        flag = self.trigger(t, state.log_w)
+        flag = self.trigger(t, state.log_w, state.ess)
         x_prev, carried, anc, flag_t = resample_where(
             flag, state.log_w, state.particles, self.resampler, generator
         )
+        # logsumexp of the carried weights: log N where resampled, the cached value elsewhere.
+        log_n = math.log(self.num_particles)
+        if flag is True:
+            lse_carried = torch.full_like(state.log_sum_w, log_n)
+        elif flag is False:
+            lse_carried = state.log_sum_w
+        else:
+            lse_carried = torch.where(flag_t, torch.full_like(state.log_sum_w, log_n),
+                                      state.log_sum_w)
         x = self.model.M(t, x_prev, generator)
         log_G = self.model.log_G(t, x_prev, x)
         _check_log_G(log_G, t, state.log_w.shape, state.log_w)
-        log_w, inc = reweight(carried, log_G)
-        bad = _mark_bad(state.bad_step, log_w, t)
+        log_w = carried + log_G
+        ess_t, lse = _ess_and_lse(log_w)
+        inc = lse - lse_carried
+        bad = _mark_bad(state.bad_step, lse, t)
         if self._check_now(log_w):
             raise_if_degenerate(bad)
-        new = SMCState(t + 1, x, log_w, state.log_z + inc, bad)
-        return new, StepInfo(t, anc, flag_t, ess(log_w), inc, log_G)
+        new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse)
+        return new, StepInfo(t, anc, flag_t, ess_t, inc, log_G)
 
     def run(
         self,
@@ -245,7 +274,9 @@ class SMC:
         """
         T = self.model.T
         state, info = self.init(generator)
-        ess_list, flags, incs, ancs, hist = [info.ess], [info.resampled], [info.log_z_increment], [], []
+        ess_list, flags, incs = [info.ess], [info.resampled], [info.log_z_increment]
+        ancs: list[torch.Tensor] = []
+        hist: list[Particles] = []
         collected: dict[str, list[torch.Tensor]] = {}
         N = self.num_particles
 
@@ -415,7 +446,7 @@ def smc(
         torch.Size([4])
     """
     engine = SMC(
-        model, num_particles, tuple(batch_shape), resampling,
+        model, num_particles, tuple(batch_shape), get_resampler(resampling),
         make_trigger(resample, ess_threshold), check,
     )
     return engine.run(

@@ -1,6 +1,7 @@
 """When to resample: independent objects, one call signature.
 
-A trigger is called as ``trigger(t, log_w)`` before step ``t`` moves the particles and
+A trigger is called as ``trigger(t, log_w, ess)`` before step ``t`` moves the particles
+(``ess: [*batch]`` is the ESS of ``log_w`` when the caller already has it, else ``None``) and
 returns either a Python ``bool`` (the same decision for every batch member, known without
 looking at the weights, so the engine can skip the work) or a ``[*batch]`` boolean tensor
 (decided per batch member on the device, with no host synchronisation).
@@ -14,11 +15,13 @@ from typing import Protocol
 
 import torch
 
-from smcdiff.core.weights import ess
+from smcdiff.core.weights import ess as effective_sample_size
 
 
 class ResamplingTrigger(Protocol):
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool | torch.Tensor: ...
+    def __call__(
+        self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None
+    ) -> bool | torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -31,19 +34,22 @@ class ESSTrigger:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"ess_threshold must lie in [0, 1], got {self.threshold}")
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool | torch.Tensor:
+    def __call__(
+        self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None
+    ) -> bool | torch.Tensor:
         if self.threshold >= 1.0:
             return True
         if self.threshold <= 0.0:
             return False
-        return ess(log_w) < self.threshold * log_w.shape[-1]
+        value = effective_sample_size(log_w) if ess is None else ess
+        return value < self.threshold * log_w.shape[-1]
 
 
 @dataclass(frozen=True)
 class Always:
     """Resample before every move."""
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool:
+    def __call__(self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None) -> bool:
         return True
 
 
@@ -51,7 +57,7 @@ class Always:
 class Never:
     """Never resample (sequential importance sampling)."""
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool:
+    def __call__(self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None) -> bool:
         return False
 
 
@@ -67,7 +73,7 @@ class Every:
         if self.k < 1:
             raise ValueError(f"Every(k) needs k >= 1, got {self.k}")
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool:
+    def __call__(self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None) -> bool:
         inside = t >= self.start and (self.stop is None or t < self.stop)
         return inside and t % self.k == 0
 
@@ -78,7 +84,7 @@ class AtSteps:
 
     steps: frozenset[int]
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool:
+    def __call__(self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None) -> bool:
         return t in self.steps
 
 
@@ -90,10 +96,12 @@ class Window:
     start: int = 1
     stop: int | None = None
 
-    def __call__(self, t: int, log_w: torch.Tensor) -> bool | torch.Tensor:
+    def __call__(
+        self, t: int, log_w: torch.Tensor, ess: torch.Tensor | None = None
+    ) -> bool | torch.Tensor:
         if t < self.start or (self.stop is not None and t >= self.stop):
             return False
-        return self.inner(t, log_w)
+        return self.inner(t, log_w, ess)
 
 
 def make_trigger(
