@@ -4,6 +4,17 @@ Nothing here knows about diffusion models or any particular model.
 """
 
 from smcdiff.core.collectors import Moments, Summary, weighted_mean
+from smcdiff.core.csmc import (
+    CONDITIONAL_SCHEMES,
+    CSMCResult,
+    ParticleGibbs,
+    ParticleGibbsResult,
+    backward_sample,
+    conditional_smc,
+    csmc_kernel,
+    run_particle_gibbs,
+    trace_path,
+)
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, has_transition_density
 from smcdiff.core.genealogy import gather_paths, num_distinct_ancestors, trace_lineage
 from smcdiff.core.random import sample
@@ -46,6 +57,8 @@ from smcdiff.core.weights import (
 )
 
 __all__ = [
+    "CONDITIONAL_SCHEMES", "CSMCResult", "ParticleGibbs", "ParticleGibbsResult",
+    "backward_sample", "conditional_smc", "csmc_kernel", "run_particle_gibbs", "trace_path",
     "MALA", "AdaptiveTempering", "RandomWalkMetropolis", "TemperedResult", "TemperedTarget",
     "TemperingInfo", "TemperingState", "next_temperature", "tempered_smc", "weighted_mean",
     "RESAMPLERS", "SMC", "Always", "AtSteps", "DegenerateWeightsError", "ESSTrigger", "Every",
