@@ -15,6 +15,7 @@ from smcdiff.core.csmc import (
     run_particle_gibbs,
     trace_path,
 )
+from smcdiff.core.engine import SMC, SMCResult, SMCState, StepInfo, resample_where, reweight, smc
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, has_transition_density
 from smcdiff.core.genealogy import gather_paths, num_distinct_ancestors, trace_lineage
 from smcdiff.core.random import sample
@@ -31,7 +32,6 @@ from smcdiff.core.resampling import (
     stratified,
     systematic,
 )
-from smcdiff.core.smc import SMC, SMCResult, SMCState, StepInfo, resample_where, reweight, smc
 from smcdiff.core.tempering import (
     MALA,
     AdaptiveTempering,

@@ -58,10 +58,10 @@ from typing import Any
 
 import torch
 
+from smcdiff.core.engine import raise_if_degenerate
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, has_transition_density
 from smcdiff.core.genealogy import trace_lineage
 from smcdiff.core.resampling import RESAMPLERS, Resampler, get_resampler, multinomial
-from smcdiff.core.smc import raise_if_degenerate
 from smcdiff.core.tree import Particles, take_particles, tree_leaves, tree_map
 from smcdiff.core.weights import is_degenerate, normalize
 

@@ -11,7 +11,7 @@ defining the sequence of distributions
 
 SMC propagates N weighted particles through it; the product of the mean weights is an
 unbiased estimate of ``Z_t``. State-space filters, tempering, and diffusion samplers with
-correction or steering weights are all instances; the engine (:mod:`smcdiff.core.smc`)
+correction or steering weights are all instances; the engine (:mod:`smcdiff.core.engine`)
 knows nothing else about them.
 
 Shapes: particles ``[*batch, N, *event]`` (or a container of such tensors, see

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 _BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
+_ONE = torch.ones((), dtype=torch.long)
 
 SchemeFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
@@ -47,11 +48,13 @@ def _probs(log_w: torch.Tensor) -> torch.Tensor:
 
 
 def _cdf(log_w: torch.Tensor) -> torch.Tensor:
-    """Normalized cumulative weights in float64, ``[B, N]``, last column exactly 1."""
-    c = torch.cumsum(_probs(log_w), dim=-1)
-    c = c / c[:, -1:]
-    c[:, -1] = 1.0
-    return c
+    """Normalized cumulative weights in float64, ``[B, N]``, exactly 1 from the last
+    particle of positive weight on (``c / c[-1]`` is exact there). A degenerate row
+    (all ``-inf``, NaN) becomes all ones, so every point goes to its first particle: valid
+    indices, and the engine reports the row by step."""
+    lw = log_w.to(torch.float64)
+    c = torch.cumsum(torch.exp(lw - lw.amax(-1, keepdim=True)), dim=-1)
+    return torch.nan_to_num_(c / c[:, -1:], nan=1.0)
 
 
 def _inverse_cdf(cdf: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -75,10 +78,11 @@ def ancestors_from_counts(counts: torch.Tensor, num_samples: int) -> torch.Tenso
 
 
 def _ancestors_from_cumulative(cum: torch.Tensor, num_samples: int) -> torch.Tensor:
+    # cum: [B, N] non-decreasing inclusive cumulative counts ending at num_samples.
     B, N = cum.shape
     marks = torch.zeros(B, num_samples + 1, dtype=torch.long, device=cum.device)
-    marks.scatter_add_(1, cum.long(), torch.ones_like(cum, dtype=torch.long))
-    return torch.cumsum(marks[:, :num_samples], dim=-1).clamp_(max=N - 1)
+    marks.scatter_add_(1, cum, _ONE.to(cum.device).expand_as(cum))
+    return torch.cumsum(marks[:, :num_samples], dim=-1)
 
 
 def _counts_from_cumulative(cum: torch.Tensor) -> torch.Tensor:
@@ -100,19 +104,20 @@ def _stratified(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
     MC = M * cdf
     j = torch.floor(MC).clamp_(max=M - 1)
     below = (u.gather(1, j.long()) < MC - j).to(MC.dtype)
-    return _ancestors_from_cumulative(_pin_last(j + below, cdf, M).long(), M)
+    return _ancestors_from_cumulative(_pin_last(j + below, cdf, M), M)
 
 
 def _pin_last(cum: torch.Tensor, cdf: torch.Tensor, M: int) -> torch.Tensor:
-    # Every point lies below cdf == 1 (the last particle with positive weight and the
-    # zero-weight tail after it), whatever the rounding of M C_i.
-    return torch.where(cdf >= 1.0, torch.full_like(cum, M), cum)
+    """Integer cumulative counts with every point below ``cdf == 1`` (the last particle
+    with positive weight and the zero-weight tail after it), whatever the rounding of
+    ``M C_i``."""
+    return torch.where(cdf >= 1.0, M, cum).long()
 
 
 def _systematic_cumulative(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
     # Number of points (k + u)/M below C_i is ceil(M C_i - u), clipped to [0, M].
-    cum = torch.ceil(M * cdf - u.unsqueeze(-1)).clamp_(0, M)
-    return _pin_last(cum, cdf, M).long()
+    cum = torch.ceil_(cdf * M - u.unsqueeze(-1)).clamp_(0, M)
+    return _pin_last(cum, cdf, M)
 
 
 def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:

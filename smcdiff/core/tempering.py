@@ -58,9 +58,9 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import distributions as D
 
+from smcdiff.core.engine import resample_where, reweight
 from smcdiff.core.random import sample
 from smcdiff.core.resampling import Resampler, get_resampler
-from smcdiff.core.smc import resample_where, reweight
 from smcdiff.core.tree import take_particles
 from smcdiff.core.triggers import Always, ResamplingTrigger, make_trigger
 from smcdiff.core.weights import conditional_ess, ess, normalize

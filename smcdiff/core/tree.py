@@ -50,6 +50,8 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
         The same container with leaves shaped ``[*batch, M, *event]``.
     """
     batch_ndim = index.dim() - 1
+    lead, M = index.shape[:-1], index.shape[-1]
+    B = lead.numel()
 
     def gather(leaf: torch.Tensor) -> torch.Tensor:
         if leaf.dim() < index.dim():
@@ -57,11 +59,20 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
                 f"particle leaf of shape {tuple(leaf.shape)} has fewer dims than the ancestor "
                 f"index {tuple(index.shape)}; expected [*batch, N, *event]"
             )
-        event = leaf.shape[index.dim():]
-        idx = index.reshape(*index.shape, *([1] * len(event))).expand(*index.shape, *event)
-        if leaf.shape[:batch_ndim] != index.shape[:batch_ndim]:
-            leaf = leaf.expand(*index.shape[:batch_ndim], *leaf.shape[batch_ndim:])
-        return torch.gather(leaf, batch_ndim, idx)
+        if leaf.shape[:batch_ndim] != lead:
+            leaf = leaf.expand(*lead, *leaf.shape[batch_ndim:])
+        N, event = leaf.shape[batch_ndim], leaf.shape[batch_ndim + 1:]
+        E = event.numel()
+        idx = index.reshape(B, M)
+        flat = leaf.reshape(B, N, E)
+        # A 2-D gather (E == 1) or an index_select of whole event rows is several times
+        # faster on CPU than a gather with an index expanded over the event axes.
+        if E == 1:
+            out = torch.gather(flat[..., 0], 1, idx)
+        else:
+            offsets = torch.arange(B, device=idx.device).unsqueeze(-1) * N
+            out = flat.reshape(B * N, E).index_select(0, (idx + offsets).reshape(-1))
+        return out.reshape(*lead, M, *event)
 
     return tree_map(gather, tree)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
+from smcdiff.core.engine import SMCResult
 from smcdiff.core.resampling import Resampler, get_resampler
-from smcdiff.core.smc import SMCResult
 from smcdiff.core.tree import take_particles
 from smcdiff.core.weights import ess as _ess
 from smcdiff.core.weights import log_normalize
@@ -166,7 +166,7 @@ def to_inference_data(
     *,
     scheme: str | Resampler = "multinomial",
 ) -> Any:
-    """Convert an :class:`~smcdiff.core.smc.SMCResult` to ArviZ data.
+    """Convert an :class:`~smcdiff.core.engine.SMCResult` to ArviZ data.
 
     The weighted particles ``x: [*batch, N, *event]`` with ``log_w: [*batch, N]`` are
     resampled into ``D`` equally weighted draws per batch member; the batch axes are

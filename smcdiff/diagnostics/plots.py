@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from smcdiff.core.smc import SMCResult
+from smcdiff.core.engine import SMCResult
 from smcdiff.core.weights import normalize
 
 _INSTALL_HINT = (
@@ -45,7 +45,7 @@ def plot_ess(
     markers, plus the median over members as a thick line.
 
     Args:
-        result: an :class:`~smcdiff.core.smc.SMCResult`.
+        result: an :class:`~smcdiff.core.engine.SMCResult`.
         ax: matplotlib Axes to draw on; a new figure when ``None``.
         threshold: optional ESS fraction drawn as a dashed horizontal line (e.g. the
             adaptive-resampling threshold 0.5).

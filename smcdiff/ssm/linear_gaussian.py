@@ -10,10 +10,14 @@ and smoother test. ``t`` is the integer observation index, not a diffusion time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import distributions as D
 
-from smcdiff.ssm.model import GuidedFK, StateSpaceModel
+from smcdiff.ssm.model import BootstrapFK, GuidedFK, StateSpaceModel
+
+_LOG_2PI = math.log(2 * math.pi)
 
 
 def scalar_params(args: dict, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -213,6 +217,12 @@ class LinearGaussian(StateSpaceModel):
         """``N(C x, R)``; ``x: [*lead, d]`` gives batch ``[*lead]``, event ``[dy]``."""
         return gaussian(x @ self.C.mT, self.R, self._diag["R"])
 
+    def bootstrap(self, y: torch.Tensor) -> BootstrapFK:
+        """Bootstrap Feynman-Kac model with the Gaussian laws written out (no
+        ``torch.distributions`` objects per step): the same model as the generic
+        :class:`~smcdiff.ssm.model.BootstrapFK`, several times cheaper per step."""
+        return LinearGaussianBootstrap(self, y)
+
     # ------------------------------------------------------------ optimal proposal
 
     def optimal_proposal(self, y: torch.Tensor) -> GuidedFK:
@@ -242,6 +252,11 @@ class LinearGaussian(StateSpaceModel):
 
         return self.guided(y, proposal0, proposal)
 
+    def _coefficients(self):
+        """``(A, chol Q, C, chol R)`` for the written-out bootstrap model; 1 x 1 matrices
+        as 0-d tensors so that the scalar case is plain arithmetic."""
+        return _matrix(self.A), _factor(self.Q), _matrix(self.C), _factor(self.R)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.state_dim}, dy={self.obs_dim}, dtype={self.dtype})"
 
@@ -265,6 +280,10 @@ class _AR1(LinearGaussian):
             return self._sigma_0
         rho, sx = self.rho.detach(), self.sigma_x.detach()
         return sx / torch.sqrt(1 - rho * rho)
+
+    def _coefficients(self):
+        # X_t = rho X_{t-1} + sigma_x U, Y_t = X_t + sigma_y V: no matrices, C = identity.
+        return self.rho, self.sigma_x, None, self.sigma_y
 
     @property
     def A(self) -> torch.Tensor:
@@ -295,3 +314,67 @@ class _AR1(LinearGaussian):
         return (f"LinearGaussian.ar1(rho={float(self.rho):.4g}, sigma_x={float(self.sigma_x):.4g}, "
                 f"sigma_y={float(self.sigma_y):.4g}, sigma_0={float(self.sigma_0):.4g})")
 
+
+
+# ------------------------------------------------------------------ fast bootstrap
+
+
+def _apply(x: torch.Tensor, M: torch.Tensor | None) -> torch.Tensor:
+    """``x @ M^T`` for ``x: [*lead, d]``; ``M`` may be a 0-d scale or ``None`` (identity)."""
+    if M is None:
+        return x
+    if M.dim() == 0:
+        return x * M
+    return x @ M.mT
+
+
+def _factor(S: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of a covariance; a 0-d standard deviation in the 1 x 1 case."""
+    return S[0, 0].sqrt() if S.shape == (1, 1) else torch.linalg.cholesky(S)
+
+
+def _matrix(M: torch.Tensor) -> torch.Tensor:
+    return M[0, 0] if M.shape == (1, 1) else M
+
+
+def gaussian_log_prob(diff: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """``log N(diff; 0, L L^T)`` for ``diff: [*lead, k]`` and a Cholesky factor ``L [k, k]``
+    (a 0-d standard deviation when ``k = 1``)."""
+    k = diff.shape[-1]
+    if L.dim() == 0:
+        z2 = (diff[..., 0] / L) ** 2
+        half_logdet = torch.log(L)
+    else:
+        z = torch.linalg.solve_triangular(L, diff.unsqueeze(-1), upper=False).squeeze(-1)
+        z2 = (z * z).sum(-1)
+        half_logdet = torch.log(torch.diagonal(L)).sum()
+    return -0.5 * z2 - half_logdet - 0.5 * k * _LOG_2PI
+
+
+class LinearGaussianBootstrap(BootstrapFK):
+    """:class:`~smcdiff.ssm.model.BootstrapFK` of a :class:`LinearGaussian` model with the
+    Gaussian sampling and densities written out:
+
+        x_t = A x_{t-1} + chol(Q) eps,   log G_t = log N(y_t; C x_t, R),
+        log m_t(x_prev, x) = log N(x; A x_prev, Q).
+
+    Equal to the generic model (same draws for the same generator, same densities), which
+    the tests check; only the per-step overhead differs. The matrices are read from the
+    model at every call, so autograd sees the current parameters.
+    """
+
+    ssm: LinearGaussian
+
+    def M(self, t: int, x_prev: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        A, LQ, _, _ = self.ssm._coefficients()
+        eps = torch.randn(x_prev.shape, generator=generator, dtype=x_prev.dtype,
+                          device=x_prev.device)
+        return _apply(x_prev, A) + _apply(eps, LQ)
+
+    def log_G(self, t: int, x_prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        _, _, C, LR = self.ssm._coefficients()
+        return gaussian_log_prob(self.y_at(t) - _apply(x, C), LR)
+
+    def log_m(self, t: int, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        A, LQ, _, _ = self.ssm._coefficients()
+        return gaussian_log_prob(x - _apply(x_prev, A), LQ)

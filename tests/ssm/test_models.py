@@ -351,3 +351,32 @@ def test_dataset_fingerprints():
                           atol=5e-5)
     with pytest.raises(ValueError, match="T must be"):
         lgssm_data(1.0, T=0)
+
+
+@pytest.mark.parametrize(
+    "make", [model_2d, lambda: LinearGaussian.ar1(0.9, 1.0, 0.5)], ids=["lg2d", "ar1"]
+)
+def test_written_out_linear_gaussian_bootstrap_equals_generic(make):
+    """The fast LinearGaussian bootstrap model is the generic BootstrapFK, op for op."""
+    model = make()
+    y = model.simulate(6, generator=gen(0)).y
+    fast, generic = model.bootstrap(y), BootstrapFK(model, y)
+    assert type(fast) is not BootstrapFK
+    x_prev = fast.M0(7, torch.Size([3]), gen(1))
+    x_fast, x_generic = fast.M(2, x_prev, gen(2)), generic.M(2, x_prev, gen(2))
+    torch.testing.assert_close(x_fast, x_generic, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.log_G(2, x_prev, x_fast), generic.log_G(2, x_prev, x_fast),
+                               rtol=1e-12, atol=1e-12)
+    pairs = (x_prev.unsqueeze(-2), x_fast.unsqueeze(-3))  # [3, 7, 1, d] with [3, 1, 7, d]
+    torch.testing.assert_close(fast.log_m(2, *pairs), generic.log_m(2, *pairs),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_written_out_bootstrap_differentiates_in_the_parameters():
+    rho = torch.tensor(0.8, dtype=f64, requires_grad=True)
+    model = LinearGaussian.ar1(rho, 1.0, 0.5)
+    x = torch.randn(5, 1, generator=gen(0), dtype=f64)
+    fk = model.bootstrap(torch.zeros(3, 1, dtype=f64))
+    (g,) = torch.autograd.grad(fk.log_m(1, x, x).sum(), rho)
+    # d/drho of sum -(x - rho x)^2 / 2 is sum x (x - rho x)
+    torch.testing.assert_close(g, (x[:, 0] * (x[:, 0] - 0.8 * x[:, 0])).sum().detach())

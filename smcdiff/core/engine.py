@@ -120,8 +120,16 @@ def reweight(carried_log_w: torch.Tensor, log_G: torch.Tensor) -> tuple[torch.Te
 
 
 def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    lse = torch.logsumexp(log_w, -1)
-    return torch.exp(2 * lse - torch.logsumexp(2 * log_w, -1)), lse
+    """ESS ``(sum w)^2 / sum w^2`` and ``logsumexp(log w)`` from one pass of ``exp``.
+
+    Degenerate weights (all ``-inf``, NaN, ``+inf``) give a non-finite logsumexp, which is
+    how the engine detects them.
+    """
+    m = torch.amax(log_w, -1, keepdim=True).detach()
+    w = torch.exp(log_w - m)
+    s1 = w.sum(-1)
+    s2 = (w * w).sum(-1)
+    return s1 * s1 / s2, m.squeeze(-1) + torch.log(s1)
 
 
 def _check_log_G(log_G: Any, t: int, expected: torch.Size, like: torch.Tensor | None) -> None:
@@ -192,8 +200,16 @@ class SMC:
         if self.check not in ("auto", "step", "end", "off"):
             raise ValueError(f"check must be 'auto', 'step', 'end' or 'off', got {self.check!r}")
 
-    def _check_now(self, log_w: torch.Tensor) -> bool:
-        return self.check == "step" or (self.check == "auto" and log_w.device.type == "cpu")
+    def _track_degenerate(self, bad_step: torch.Tensor, lse: torch.Tensor, t: int) -> torch.Tensor:
+        """Raise now (check "step", or "auto" on CPU, where looking costs nothing) or record
+        the first degenerate step per member for the end-of-run check."""
+        if self.check == "step" or (self.check == "auto" and lse.device.type == "cpu"):
+            if not bool(torch.isfinite(lse).all()):
+                raise_if_degenerate(_mark_bad(bad_step, lse, t))
+            return bad_step
+        if self.check == "off":
+            return bad_step
+        return _mark_bad(bad_step, lse, t)
 
     def init(self, generator: torch.Generator | None = None) -> tuple[SMCState, StepInfo]:
         """Step 0: ``x_0 ~ M_0``, ``log w_0 = log G_0(x_0)``."""
@@ -212,9 +228,8 @@ class SMC:
         _check_log_G(log_G, 0, torch.Size((*batch, N)), leaves[0])
         ess0, lse = _ess_and_lse(log_G)
         log_z = lse - math.log(N)
-        bad = _mark_bad(torch.full(batch, -1, dtype=torch.long, device=log_G.device), lse, 0)
-        if self._check_now(log_G):
-            raise_if_degenerate(bad)
+        bad = self._track_degenerate(
+            torch.full(batch, -1, dtype=torch.long, device=log_G.device), lse, 0)
         state = SMCState(1, x, log_G, log_z, bad, ess0, lse)
         no = torch.zeros(batch, dtype=torch.bool, device=log_G.device)
         return state, StepInfo(0, None, no, ess0, log_z, log_G)
@@ -245,9 +260,7 @@ class SMC:
         log_w = carried + log_G
         ess_t, lse = _ess_and_lse(log_w)
         inc = lse - lse_carried
-        bad = _mark_bad(state.bad_step, lse, t)
-        if self._check_now(log_w):
-            raise_if_degenerate(bad)
+        bad = self._track_degenerate(state.bad_step, lse, t)
         new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse)
         return new, StepInfo(t, anc, flag_t, ess_t, inc, log_G)
 

@@ -1,0 +1,583 @@
+"""Shared machinery of the diffusion ODE/SDE solvers: grid, history, transition, capabilities.
+
+A solver is an *update rule*: given the state ``x`` at grid point ``i``, its explicit
+history and the grid, it returns the Gaussian transition ``x_{i+1} ~ N(mean, std^2 I)``
+(``std = 0`` for ODE solvers) and the new history. The loop that applies it is written
+once (:func:`smcdiff.diffusion.sample.sample`); SMC code calls :func:`transition` per step.
+
+Conventions (``smcdiff/docs/dev/diffusion-api.md``): diffusion time ``t`` in ``[0, 1]``,
+``t = 0`` data, ``t = 1`` noise, ``x_t = alpha_t x_0 + sigma_t eps``, half log-SNR
+``lambda = log(alpha/sigma)``; a step goes from ``s = grid[i]`` (noisier) to
+``t = grid[i + 1]`` (cleaner), ``h = lambda_t - lambda_s > 0``; ``D`` is the data
+prediction ``x0_hat`` and ``eps_hat = (x - alpha D)/sigma``.
+
+Grid (:func:`prepare_grid`): strictly decreasing times ``[num_steps + 1]`` or per-particle
+times ``[num_steps + 1, *tshape]`` with ``tshape`` a prefix of ``x.shape`` (e.g.
+``[*batch, N]``). ``alpha``, ``sigma`` and ``lambda`` are computed once in float64; every
+update coefficient is formed in float64 (with ``expm1``) and cast to ``x``'s dtype only
+when it multiplies ``x``.
+
+Two kinds of *edge step* never evaluate ``log 0`` or ``inf - inf``:
+
+- a step ending at ``sigma_t = 0`` (``t = 0``, ``lambda_t = +inf``; grids with
+  ``final="zero"``) is the denoise ``x_t = alpha_t D(x_s)``: the ``sigma_t -> 0`` limit of
+  every exponential integrator's first-order term (``e^{-h} -> 0``). Higher-order terms
+  diverge in that limit (``r = h_prev/h -> 0``), so the last step is first order for every
+  solver (Karras et al. 2022 use Euler there; DPM-Solver / diffusers ``final_sigmas_type
+  ="zero"`` do the same);
+- a step starting at ``alpha_s = 0`` (pure noise, ``lambda_s = -inf``) is the DDIM step
+  ``x_t = (sigma_t/sigma_s) x_s + alpha_t D(x_s)`` (``h = +inf``), and its model output is
+  not used by later multistep differences (``r = inf``).
+
+History (:class:`History`): a NamedTuple of tensors shaped like ``x`` (particle axis
+included), so ``smcdiff.core.tree.take_particles((x, history), ancestors)`` resamples a
+particle together with its solver memory. ``outputs[j]`` is the model output (the kind in
+``solver.history_kind``) evaluated at grid point ``i - 1 - j`` before step ``i``; the times
+come from the grid, not from the history. Nothing is hidden in the solver object, so one
+solver instance can serve many runs of any shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from smcdiff.diffusion.processes import NoiseProcess, expand_to, get_process
+
+__all__ = [
+    "Evaluator",
+    "History",
+    "Solver",
+    "SolverGrid",
+    "Transition",
+    "log_transition_density",
+    "phi_functions",
+    "prepare_grid",
+    "step",
+    "transition",
+]
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+class History(NamedTuple):
+    """Explicit, gatherable solver memory; every leaf is shaped like ``x: [*batch, N, *event]``.
+
+    Attributes:
+        outputs: past model outputs, most recent first: ``outputs[j]`` was evaluated at grid
+            point ``i - 1 - j`` (for step ``i``). Empty for one-step solvers.
+        x_prev: UniPC only: ``(x_c,)``, the corrected state at grid point ``i - 1``.
+    """
+
+    outputs: tuple[Tensor, ...] = ()
+    x_prev: tuple[Tensor, ...] = ()
+
+
+class Transition(NamedTuple):
+    """One step as a Gaussian transition ``x_next ~ N(mean, std^2 I)`` plus the new history.
+
+    ``mean: [*batch, N, *event]``; ``std`` broadcasts against it (``[]`` or
+    ``[*tshape, 1, ..., 1]``) and is 0 for deterministic (ODE) steps.
+    """
+
+    mean: Tensor
+    std: Tensor
+    history: History
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+@dataclass(frozen=True)
+class SolverGrid:
+    """A validated time grid with its schedule, precomputed once in float64.
+
+    Attributes:
+        t, alpha, sigma, lam: ``[num_steps + 1, *tshape]`` float64 (``lam = +inf`` where
+            ``sigma = 0``, ``-inf`` where ``alpha = 0``).
+        process: the noising process.
+        data_end: per grid point, ``sigma == 0`` there (only the last point may be).
+        noise_start: per grid point, ``alpha == 0`` there (only the first point may be).
+    """
+
+    t: Tensor
+    alpha: Tensor
+    sigma: Tensor
+    lam: Tensor
+    process: NoiseProcess
+    data_end: tuple[bool, ...]
+    noise_start: tuple[bool, ...]
+
+    @property
+    def num_steps(self) -> int:
+        return self.t.shape[0] - 1
+
+    def denoise(self, i: int) -> bool:
+        """Step ``i`` ends at ``sigma = 0`` (a denoise-to-data step)."""
+        return self.data_end[i + 1]
+
+    def from_noise(self, i: int) -> bool:
+        """Step ``i`` starts at ``alpha = 0`` (pure noise)."""
+        return self.noise_start[i]
+
+    def edge(self, i: int) -> bool:
+        """Step ``i`` touches an infinite log-SNR (and is therefore first order)."""
+        return self.data_end[i + 1] or self.noise_start[i]
+
+    def h(self, i: int) -> Tensor:
+        """``lambda_{i+1} - lambda_i`` (float64, ``[*tshape]``)."""
+        return self.lam[i + 1] - self.lam[i]
+
+    def usable(self, i: int, n_outputs: int) -> int:
+        """How many of ``n_outputs`` history entries (at points ``i-1, i-2, ...``) have a
+        finite log-SNR, counting from the most recent."""
+        if n_outputs > i:
+            raise ValueError(
+                f"history has {n_outputs} past outputs but step i={i} can have at most {i}; "
+                "a history must come from the steps before i on the same grid"
+            )
+        k = 0
+        while k < n_outputs and not self.noise_start[i - 1 - k]:
+            k += 1
+        return k
+
+
+def cast(coef: Tensor, x: Tensor) -> Tensor:
+    """A float64 coefficient ``[*tshape]`` cast to ``x``'s dtype/device, padded to broadcast."""
+    return expand_to(coef.to(device=x.device, dtype=x.dtype), x)
+
+
+def _as_grid_tensor(grid: Any) -> Tensor:
+    if isinstance(grid, Tensor):
+        if not grid.is_floating_point():
+            grid = grid.to(torch.float64)
+        return grid.detach().to(torch.float64)
+    try:
+        return torch.as_tensor(grid, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"grid must be a tensor of diffusion times [num_steps + 1] (or [num_steps + 1, "
+            f"*tshape]), got {type(grid).__name__}"
+        ) from err
+
+
+def prepare_grid(process: NoiseProcess | str, grid: Any) -> SolverGrid:
+    """Validate a time grid and precompute ``alpha``, ``sigma``, ``lambda`` in float64.
+
+    Args:
+        process: the noising process (or its name).
+        grid: strictly decreasing diffusion times (1 = noise -> 0 = data), ``[num_steps + 1]``,
+            or per-particle times ``[num_steps + 1, *tshape]`` (each column strictly
+            decreasing); a :class:`SolverGrid` is returned unchanged.
+
+    Raises:
+        ValueError: fewer than 2 points, NaN, times outside ``[0, 1]``, a non-decreasing
+            pair (naming the index), ``sigma = 0`` before the last point, ``alpha = 0``
+            after the first point, or points where only some particles hit those ends.
+    """
+    if isinstance(grid, SolverGrid):
+        return grid
+    proc = get_process(process)
+    g = _as_grid_tensor(grid)
+    if g.ndim < 1:
+        raise ValueError("grid must have shape [num_steps + 1, *tshape], got a 0-d tensor")
+    if g.shape[0] < 2:
+        raise ValueError(f"grid needs at least 2 times (one step), got {g.shape[0]}")
+    gc = g.cpu()
+    if bool(torch.isnan(gc).any()):
+        i = int(torch.isnan(gc).reshape(g.shape[0], -1).any(-1).nonzero()[0])
+        raise ValueError(f"grid contains NaN at index {i}")
+    if bool(((gc < 0) | (gc > 1)).any()):
+        bad = ((gc < 0) | (gc > 1)).reshape(g.shape[0], -1).any(-1)
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"grid times must lie in [0, 1] (0 = data, 1 = noise); grid[{i}] = "
+            f"{gc[i].flatten()[:4].tolist()}"
+        )
+    inc = (gc[1:] >= gc[:-1]).reshape(g.shape[0] - 1, -1).any(-1)
+    if bool(inc.any()):
+        i = int(inc.nonzero()[0])
+        raise ValueError(
+            "grid must be strictly decreasing (samplers go from noise t=1 to data t=0); "
+            f"grid[{i}] = {gc[i].flatten()[:4].tolist()} <= grid[{i + 1}] = "
+            f"{gc[i + 1].flatten()[:4].tolist()}"
+        )
+    alpha = torch.as_tensor(proc.alpha(g), dtype=torch.float64)
+    sigma = torch.as_tensor(proc.sigma(g), dtype=torch.float64)
+    zero_s = sigma == 0
+    zero_a = alpha == 0
+    inner = zero_s | zero_a
+    lam = torch.as_tensor(proc.log_snr(torch.where(inner, torch.full_like(g, 0.5), g)),
+                          dtype=torch.float64)
+    lam = torch.where(zero_s, torch.full_like(lam, math.inf), lam)
+    lam = torch.where(zero_a, torch.full_like(lam, -math.inf), lam)
+    flat_s = zero_s.reshape(g.shape[0], -1).cpu()
+    flat_a = zero_a.reshape(g.shape[0], -1).cpu()
+    data_end: list[bool] = []
+    noise_start: list[bool] = []
+    for k in range(g.shape[0]):
+        for flags, out, what in ((flat_s, data_end, "sigma"), (flat_a, noise_start, "alpha")):
+            any_k, all_k = bool(flags[k].any()), bool(flags[k].all())
+            if any_k and not all_k:
+                raise ValueError(
+                    f"grid point {k}: {what} = 0 for some particles only; per-particle grids "
+                    "must reach t = 0 (or alpha = 0) at the same step for all particles"
+                )
+            out.append(all_k)
+    n = g.shape[0] - 1
+    for k in range(n):
+        if data_end[k]:
+            raise ValueError(
+                f"grid point {k} of {n}: sigma = 0 (t = 0) is only allowed at the last point"
+            )
+    for k in range(1, n + 1):
+        if noise_start[k]:
+            raise ValueError(
+                f"grid point {k}: alpha = 0 (pure noise) is only allowed at the first point"
+            )
+    if n == 1 and noise_start[0] and data_end[1]:
+        raise ValueError("a single step from alpha = 0 to sigma = 0 is undefined")
+    finite = torch.isfinite(lam[1:-1]) if n > 1 else torch.ones(0, dtype=torch.bool)
+    if not bool(finite.all()):
+        raise ValueError("process.log_snr is not finite at an interior grid point")
+    return SolverGrid(g, alpha, sigma, lam, proc, tuple(data_end), tuple(noise_start))
+
+
+# ----------------------------------------------------------------------------- model calls
+
+
+class Evaluator:
+    """Calls ``model.predict(x, t, kind, **cond)``, counts NFE and names the step on failure.
+
+    ``nfe`` counts network calls (each call evaluates all particles at once). A NaN or
+    infinite prediction raises ``ValueError`` naming the solver step and the time.
+    """
+
+    def __init__(self, model: Any, cond: dict[str, Any] | None = None, check_finite: bool = True):
+        if not callable(getattr(model, "predict", None)) or not hasattr(model, "process"):
+            raise TypeError(
+                "model must be a smcdiff.diffusion.DiffusionModel (with .predict(x, t, kind) and "
+                f".process), got {type(model).__name__}"
+            )
+        self.model = model
+        self.cond = dict(cond or {})
+        self.check_finite = check_finite
+        self.nfe = 0
+        self.step = -1
+
+    def __call__(self, x: Tensor, t: Tensor, kind: str) -> Tensor:
+        tt = t.to(device=x.device) if t.ndim == 0 else t.to(device=x.device, dtype=x.dtype)
+        try:
+            out = self.model.predict(x, tt, kind, **self.cond)
+        except ValueError as err:
+            raise ValueError(f"solver step {self.step}: {err}") from err
+        self.nfe += 1
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
+            raise ValueError(
+                f"model prediction ({kind!r}) is NaN or infinite at solver step {self.step} "
+                f"(t = {tv})"
+            )
+        return out
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+class Solver:
+    """Base class of all solvers: capability declarations and the edge-step rules.
+
+    Class attributes (capabilities, checked by :func:`~smcdiff.diffusion.sample.sample`):
+
+    - ``order``: convergence order of the method (global error ``O(h^order)``; weak order for
+      stochastic samplers);
+    - ``nfe_per_step``: network evaluations of a regular step (edge steps cost 1);
+    - ``stochastic``: the transition has ``std > 0`` and needs a noise sampler;
+    - ``needs_history``: the update uses past model outputs (multistep);
+    - ``history_kind``: which prediction is stored in ``History.outputs``;
+    - ``max_step_order``: the highest order a single step uses once warmed up.
+
+    Parametrized families (``DPMSolver(order=3)``, ``UniPC(p=2)``, ``DEIS(order=3)``) set
+    ``order`` on the instance.
+
+    Subclasses implement :meth:`_step` (``ev`` evaluates the model; ``g`` is the
+    :class:`SolverGrid`) and, if multistep, :meth:`history_size`.
+    """
+
+    name: ClassVar[str] = "solver"
+    order: int = 1
+    nfe_per_step: int = 1
+    stochastic: ClassVar[bool] = False
+    needs_history: ClassVar[bool] = False
+    history_kind: ClassVar[str] = "x0"
+    lower_order_final: bool = False
+
+    @property
+    def max_step_order(self) -> int:
+        return self.order
+
+    def history_size(self) -> int:
+        """Number of past model outputs kept in ``History.outputs``."""
+        return 0
+
+    def init_history(self, x: Tensor) -> History:
+        """The empty history of a run that starts at ``x`` (no past outputs)."""
+        return History()
+
+    # -- planning ------------------------------------------------------------------------
+    def step_order(self, i: int, g: SolverGrid, n_usable: int) -> int:
+        """Order of the update used at step ``i`` with ``n_usable`` valid past outputs."""
+        if g.edge(i):
+            return 1
+        p = min(self.max_step_order, 1 + n_usable) if self.needs_history else self.max_step_order
+        if self.lower_order_final:
+            p = min(p, g.num_steps - i)
+        return max(p, 1)
+
+    def step_nfe(self, i: int, g: SolverGrid) -> int:
+        """Network evaluations spent by step ``i`` (edge steps cost one)."""
+        return 1 if g.edge(i) else self.nfe_per_step
+
+    def plan(self, g: SolverGrid) -> list[int]:
+        """Per-step orders of a whole run from an empty history on grid ``g``."""
+        orders = []
+        for i in range(g.num_steps):
+            n_out = min(i, self.history_size())
+            orders.append(self.step_order(i, g, g.usable(i, n_out)))
+        return orders
+
+    def plan_nfe(self, g: SolverGrid) -> int:
+        """Total network evaluations of a run on grid ``g``."""
+        return sum(self.step_nfe(i, g) for i in range(g.num_steps))
+
+    def num_steps_for_nfe(self, nfe: int, final_zero: bool) -> int:
+        """The most steps whose run costs at most ``nfe`` evaluations (edge steps cost 1)."""
+        k = self.nfe_per_step
+        if final_zero:
+            return 1 + (nfe - 1) // k if nfe >= 1 else 0
+        return nfe // k
+
+    def check_plan(self, g: SolverGrid) -> list[int]:
+        """Raise ``ValueError`` if a run on ``g`` never reaches this solver's order."""
+        orders = self.plan(g)
+        need = min(self.order, self.max_step_order)
+        if max(orders) < need:
+            raise ValueError(
+                f"NFE too small for {self!r}: a run of {g.num_steps} step(s) "
+                f"({self.plan_nfe(g)} NFE) uses step orders {orders} and never reaches order "
+                f"{need}; use more steps/NFE (multistep solvers warm up with lower orders and "
+                "the final step to t = 0 is first order) or a lower-order solver"
+            )
+        return orders
+
+    # -- stepping ------------------------------------------------------------------------
+    def transition(
+        self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid
+    ) -> Transition:
+        """Step ``i`` (from ``g.t[i]`` to ``g.t[i + 1]``) as a Gaussian transition."""
+        if not 0 <= i < g.num_steps:
+            raise ValueError(f"step index i must be in [0, {g.num_steps}), got {i}")
+        if not isinstance(history, History):
+            raise TypeError(f"history must be a History, got {type(history).__name__}")
+        ev.step = i
+        return self._step(ev, x, history, i, g)
+
+    def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
+        raise NotImplementedError
+
+    def _push(self, history: History, out: Tensor) -> History:
+        """History after step ``i``: ``out`` (evaluated at point ``i``) prepended, truncated."""
+        k = self.history_size()
+        if k == 0:
+            return history
+        return History(((out,) + history.outputs)[:k], history.x_prev)
+
+    def __repr__(self) -> str:
+        fields = getattr(self, "__dataclass_fields__", {})
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in fields)
+        return f"{type(self).__name__}({args})"
+
+
+_PHI_TERMS = 25
+
+
+def phi_functions(z: Tensor, K: int) -> list[Tensor]:
+    """``[phi_1(z), ..., phi_K(z)]`` with ``phi_k(z) = sum_{j>=0} z^j/(j+k)!`` (float64).
+
+    ``phi_1 = expm1(z)/z`` and ``phi_{k+1} = (phi_k - 1/k!)/z`` for ``|z| > 1``; the Taylor
+    series (25 terms) for ``|z| <= 1``, where the recurrence would cancel (Hochbruck &
+    Ostermann 2010, exponential integrators). ``phi_k(0) = 1/k!``.
+    """
+    z = z.to(torch.float64)
+    small = z.abs() <= 1
+    zs = torch.where(small, z, torch.zeros_like(z))
+    zl = torch.where(small, torch.ones_like(z), z)
+    powers = zs.unsqueeze(-1) ** torch.arange(_PHI_TERMS, dtype=torch.float64, device=z.device)
+    table = torch.tensor(
+        [[1.0 / math.factorial(j + k) for k in range(1, K + 1)] for j in range(_PHI_TERMS)],
+        dtype=torch.float64, device=z.device,
+    )
+    series = powers @ table  # [*z.shape, K]
+    out = []
+    rec = torch.expm1(zl) / zl
+    for k in range(1, K + 1):
+        out.append(torch.where(small, series[..., k - 1], rec))
+        rec = (rec - 1.0 / math.factorial(k)) / zl
+    return out
+
+
+def zero_std(x: Tensor) -> Tensor:
+    """A 0-d zero ``std`` of ``x``'s dtype/device (deterministic step)."""
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
+def eps_from_x0(g: SolverGrid, k: int, x: Tensor, D: Tensor) -> Tensor:
+    """``eps_hat = (x - alpha D)/sigma`` at grid point ``k`` (needs ``sigma_k > 0``)."""
+    return (x - cast(g.alpha[k], x) * D) / cast(g.sigma[k], x)
+
+
+def x0_from_eps(g: SolverGrid, k: int, x: Tensor, eps: Tensor) -> Tensor:
+    """``D = (x - sigma eps)/alpha`` at grid point ``k`` (needs ``alpha_k > 0``)."""
+    return (x - cast(g.sigma[k], x) * eps) / cast(g.alpha[k], x)
+
+
+def ddim_data(g: SolverGrid, i: int, x: Tensor, D: Tensor) -> Tensor:
+    """First-order exponential step in data form (DDIM = DPM-Solver(++)-1 = UniP-1).
+
+    ``x_t = (sigma_t/sigma_s) x_s - alpha_t expm1(-h) D_s`` (Song et al. 2020, arXiv
+    2010.02502; Lu et al. 2022, arXiv 2211.01095, Eq. 9). At ``sigma_t = 0`` it is the
+    denoise ``alpha_t D_s``; at ``alpha_s = 0`` (``h = inf``) it is
+    ``(sigma_t/sigma_s) x_s + alpha_t D_s``.
+    """
+    s, t = i, i + 1
+    if g.denoise(i):
+        return cast(g.alpha[t], x) * D
+    ratio = g.sigma[t] / g.sigma[s]
+    coef = -g.alpha[t] * torch.expm1(-g.h(i))
+    return cast(ratio, x) * x + cast(coef, x) * D
+
+
+def ddim_eps(g: SolverGrid, i: int, x: Tensor, eps: Tensor) -> Tensor:
+    """First-order exponential step in noise form (``alpha_s > 0``, ``sigma_t > 0``).
+
+    ``x_t = (alpha_t/alpha_s) x_s - sigma_t expm1(h) eps_s`` (DPM-Solver-1, Lu et al. 2022,
+    arXiv 2206.00927, Eq. 3.7), identical to :func:`ddim_data` with ``D = (x - sigma eps)/alpha``.
+    """
+    s, t = i, i + 1
+    ratio = g.alpha[t] / g.alpha[s]
+    coef = -g.sigma[t] * torch.expm1(g.h(i))
+    return cast(ratio, x) * x + cast(coef, x) * eps
+
+
+def edge_step(solver: Solver, ev: Evaluator, x: Tensor, history: History, i: int,
+              g: SolverGrid) -> Transition:
+    """The first-order step used on edge steps (see module docstring), any solver.
+
+    Evaluates ``D = x0_hat(x_s)`` once, stores the solver's ``history_kind`` in the history.
+    """
+    s = i
+    D = ev(x, g.t[s], "x0")
+    x_next = ddim_data(g, i, x, D)
+    if solver.history_size():
+        out = D if solver.history_kind == "x0" else eps_from_x0(g, s, x, D)
+        history = solver._push(history, out)
+    return Transition(x_next, zero_std(x), history)
+
+
+# ----------------------------------------------------------------------------- functional API
+
+
+def transition(
+    model: Any,
+    solver: Solver,
+    x: Tensor,
+    history: History | None,
+    i: int,
+    grid: Any,
+    *,
+    cond: dict[str, Any] | None = None,
+) -> Transition:
+    """Step ``i`` of ``solver`` as a Gaussian transition ``x_{i+1} ~ N(mean, std^2 I)``.
+
+    Args:
+        model: a ``DiffusionModel`` (its ``process`` defines the schedule).
+        solver: a :class:`Solver` (or a registered name).
+        x: ``[*batch, N, *event]`` state at diffusion time ``grid[i]`` (0 = data, 1 = noise).
+        history: the solver's :class:`History` before step ``i`` (``None``: empty).
+        i: step index, from ``grid[i]`` to ``grid[i + 1]``.
+        grid: times ``[num_steps + 1]`` / ``[num_steps + 1, *tshape]`` or a prepared
+            :class:`SolverGrid` (prepare once with :func:`prepare_grid` in a loop).
+        cond: conditioning keywords passed to the network.
+
+    Returns:
+        :class:`Transition` ``(mean, std, history)``; ``std = 0`` for ODE solvers. For
+        SMC weights use :func:`log_transition_density`.
+    """
+    from smcdiff.diffusion.solvers import get_solver
+
+    solver = get_solver(solver)
+    g = prepare_grid(model.process, grid)
+    ev = Evaluator(model, cond)
+    return solver.transition(ev, x, history if history is not None else History(), i, g)
+
+
+def step(
+    model: Any,
+    solver: Solver,
+    x: Tensor,
+    history: History | None,
+    i: int,
+    grid: Any,
+    *,
+    noise: Any = None,
+    generator: torch.Generator | None = None,
+    cond: dict[str, Any] | None = None,
+) -> tuple[Tensor, History]:
+    """Apply step ``i``: ``x_next = mean + std * z`` with ``z`` from the noise sampler.
+
+    ``noise``: a noise sampler (:mod:`smcdiff.diffusion.solvers.noise`), else ``z`` is drawn
+    from ``generator``. Returns ``(x_next, new_history)``.
+    """
+    from smcdiff.diffusion.solvers import get_solver
+    from smcdiff.diffusion.solvers.noise import as_noise_sampler
+
+    solver = get_solver(solver)
+    tr = transition(model, solver, x, history, i, grid, cond=cond)
+    if not solver.stochastic:
+        return tr.mean, tr.history
+    z = as_noise_sampler(noise, generator)(i, tr.mean)
+    return tr.mean + tr.std * z, tr.history
+
+
+def log_transition_density(
+    x_next: Tensor, mean: Tensor, std: Tensor, *, event_ndim: int, validate: bool = True
+) -> Tensor:
+    """``log N(x_next; mean, std^2 I)`` summed over the event dims: ``[*batch, N]``.
+
+    Args:
+        x_next, mean: ``[*batch, N, *event]``.
+        std: broadcasts against ``mean`` (as returned by :func:`transition`); must be > 0.
+        event_ndim: number of trailing event dims of ``x`` (e.g. 1 for points in R^d,
+            3 for images ``[C, H, W]``).
+        validate: raise ``ValueError`` if some ``std <= 0`` (a deterministic step has no
+            density); one host synchronisation.
+    """
+    if not isinstance(event_ndim, int) or not 0 <= event_ndim <= x_next.ndim:
+        raise ValueError(f"event_ndim must be an int in [0, {x_next.ndim}], got {event_ndim!r}")
+    std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
+    if validate and not bool((std > 0).all()):
+        raise ValueError(
+            "std must be > 0: this transition is deterministic (an ODE step, eta = 0 or the "
+            "final denoise step) and has no density"
+        )
+    z = (x_next - mean) / std
+    lp = -0.5 * z * z - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    lp = lp.expand_as(z) if lp.shape != z.shape else lp
+    if event_ndim == 0:
+        return lp
+    return lp.sum(dim=tuple(range(-event_ndim, 0)))
