@@ -32,7 +32,9 @@ from dataclasses import dataclass
 import torch
 
 _BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
-_ONE = torch.ones((), dtype=torch.long)
+# Systematic resampling keeps its uniform below this, so that M C_i - u, rounded to
+# float64, never drops below M - 1 where C_i = 1 (exact for M < 2^25).
+_SYSTEMATIC_U_MAX = 1.0 - 2.0**-28
 
 SchemeFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
@@ -52,8 +54,9 @@ def _cdf(log_w: torch.Tensor) -> torch.Tensor:
     particle of positive weight on (``c / c[-1]`` is exact there). A degenerate row
     (all ``-inf``, NaN) becomes all ones, so every point goes to its first particle: valid
     indices, and the engine reports the row by step."""
-    lw = log_w.to(torch.float64)
-    c = torch.cumsum(torch.exp(lw - lw.amax(-1, keepdim=True)), dim=-1)
+    # exp in the input dtype (cheap), accumulation in float64 (exact enough at N = 1e7).
+    w = torch.exp(log_w - log_w.amax(-1, keepdim=True))
+    c = torch.cumsum(w, dim=-1, dtype=torch.float64)
     return torch.nan_to_num_(c / c[:, -1:], nan=1.0)
 
 
@@ -81,7 +84,7 @@ def _ancestors_from_cumulative(cum: torch.Tensor, num_samples: int) -> torch.Ten
     # cum: [B, N] non-decreasing inclusive cumulative counts ending at num_samples.
     B, N = cum.shape
     marks = torch.zeros(B, num_samples + 1, dtype=torch.long, device=cum.device)
-    marks.scatter_add_(1, cum, _ONE.to(cum.device).expand_as(cum))
+    marks.scatter_add_(1, cum, torch.ones_like(cum))
     return torch.cumsum(marks[:, :num_samples], dim=-1)
 
 
@@ -99,25 +102,19 @@ def _multinomial(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
 
 def _stratified(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
     # Points (k + u_k)/M below C_i: all j = floor(M C_i) strata before C_i's own stratum,
-    # plus stratum j's point if u_j < M C_i - j. No search needed.
-    cdf = _cdf(log_w)
-    MC = M * cdf
+    # plus stratum j's point if u_j < M C_i - j. No search needed; where C_i = 1 this is
+    # (M - 1) + [u < 1] = M exactly.
+    MC = M * _cdf(log_w)
     j = torch.floor(MC).clamp_(max=M - 1)
     below = (u.gather(1, j.long()) < MC - j).to(MC.dtype)
-    return _ancestors_from_cumulative(_pin_last(j + below, cdf, M), M)
-
-
-def _pin_last(cum: torch.Tensor, cdf: torch.Tensor, M: int) -> torch.Tensor:
-    """Integer cumulative counts with every point below ``cdf == 1`` (the last particle
-    with positive weight and the zero-weight tail after it), whatever the rounding of
-    ``M C_i``."""
-    return torch.where(cdf >= 1.0, M, cum).long()
+    return _ancestors_from_cumulative((j + below).long(), M)
 
 
 def _systematic_cumulative(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
-    # Number of points (k + u)/M below C_i is ceil(M C_i - u), clipped to [0, M].
-    cum = torch.ceil_(cdf * M - u.unsqueeze(-1)).clamp_(0, M)
-    return _pin_last(cum, cdf, M)
+    # Number of points (k + u)/M below C_i is ceil(M C_i - u), clipped to [0, M]; where
+    # C_i = 1 (the last particle with positive weight and any zero-weight tail) it is M.
+    u = u.clamp(max=_SYSTEMATIC_U_MAX).unsqueeze(-1)
+    return torch.ceil_(cdf * M - u).clamp_(0, M).long()
 
 
 def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
