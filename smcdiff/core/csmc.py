@@ -51,7 +51,6 @@ no loop over chains or particles.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +60,7 @@ import torch
 from smcdiff.core.engine import raise_if_degenerate
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, has_transition_density
 from smcdiff.core.genealogy import trace_lineage
+from smcdiff.core.progress import progress_bar
 from smcdiff.core.resampling import RESAMPLERS, Resampler, get_resampler, multinomial
 from smcdiff.core.tree import Particles, take_particles, tree_leaves, tree_map
 from smcdiff.core.weights import is_degenerate, normalize
@@ -600,21 +600,14 @@ def run_particle_gibbs(
         model, num_particles, tuple(batch_shape), ancestor_sampling, backward_sampling,
         resampling, ref_slot,
     )
-    show = progress if progress is not None else sys.stderr.isatty()
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_iters, desc="particle Gibbs", unit="iter")
+    bar = progress_bar(progress, total=num_iters, desc="particle Gibbs", unit="iter", min_total=1)
     path, paths, log_zs = init_path, [], []
     try:
         for _ in range(num_iters):
             path, res = kernel.step(path, generator)
             paths.append(path)
             log_zs.append(res.log_z)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ParticleGibbsResult(paths=_tree_stack(paths), log_z=torch.stack(log_zs))

@@ -22,7 +22,6 @@ NaN) are tracked per batch member and reported with the step that produced them.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 import torch
 
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, nfe_of_step
+from smcdiff.core.progress import progress_bar
 from smcdiff.core.resampling import Resampler, get_resampler
 from smcdiff.core.tree import Particles, take_particles, tree_leaves
 from smcdiff.core.triggers import ResamplingTrigger, make_trigger
@@ -311,7 +311,8 @@ class SMC:
                 callback(state, info)
 
         record(state, info)
-        bar = _progress_bar(T, progress)
+        bar = progress_bar(progress, total=T, desc="smc")
+        bar.update(1)
         try:
             for _ in range(1, T):
                 state, info = self.step(state, generator)
@@ -319,11 +320,9 @@ class SMC:
                 flags.append(info.resampled)
                 incs.append(info.log_z_increment)
                 record(state, info)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         if self.check != "off":
             raise_if_degenerate(state.bad_step)
         nfe = sum(nfe_of_step(self.model, t) for t in range(T))
@@ -340,19 +339,6 @@ class SMC:
             nfe=nfe,
             num_particles=N,
         )
-
-
-def _progress_bar(total: int, progress: bool | None):
-    show = progress if progress is not None else (sys.stderr.isatty() and total >= 20)
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but keep the engine importable without it
-        return None
-    bar = tqdm(total=total, desc="smc", unit="step")
-    bar.update(1)
-    return bar
 
 
 def _stack_history(hist: list[Particles]) -> Particles:

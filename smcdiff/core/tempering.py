@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -59,6 +58,7 @@ import torch
 from torch import distributions as D
 
 from smcdiff.core.engine import resample_where, reweight
+from smcdiff.core.progress import progress_bar
 from smcdiff.core.random import sample
 from smcdiff.core.resampling import Resampler, get_resampler
 from smcdiff.core.tree import take_particles
@@ -554,7 +554,7 @@ class AdaptiveTempering:
         """
         state = self.init(generator)
         rows: list[TemperingInfo] = []
-        bar = _progress_bar(progress)
+        bar = progress_bar(progress, desc="tempering")
         try:
             while True:
                 state, info = self.step(state, generator)
@@ -562,9 +562,8 @@ class AdaptiveTempering:
                 if callback is not None:
                     callback(state, info)
                 beta_min = float(state.beta.min()) if state.beta.numel() else 1.0
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(beta_min=f"{beta_min:.4g}")
+                bar.update(1)
+                bar.set_postfix(beta_min=f"{beta_min:.4g}")
                 if beta_min >= 1.0:
                     break
                 if state.step >= self.max_steps:
@@ -574,8 +573,7 @@ class AdaptiveTempering:
                         "or check log_likelihood"
                     )
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         return TemperedResult(
             particles=state.particles,
             log_w=state.log_w,
@@ -589,17 +587,6 @@ class AdaptiveTempering:
             num_particles=self.num_particles,
             nfe=1 + state.step * self.nfe_per_step,
         )
-
-
-def _progress_bar(progress: bool | None):
-    show = progress if progress is not None else sys.stderr.isatty()
-    if not show:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(desc="tempering", unit="step")
 
 
 # ------------------------------------------------------------------------- the result
