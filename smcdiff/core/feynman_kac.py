@@ -34,8 +34,11 @@ class FeynmanKac(Protocol):
 
     Optional methods the engine and its extensions use when present:
 
-    - ``log_m(t, x_prev, x) -> [*batch, N_prev, N]``-broadcastable log transition density
-      of the *model* (not the proposal), needed by backward sampling and smoothing;
+    - ``log_m(t, x_prev, x)``: log transition density ``log m_t(x | x_prev)`` of the
+      *model* (not the proposal), needed by ancestor / backward sampling and smoothing. It
+      broadcasts over the leading axes like a torch distribution's ``log_prob``:
+      ``x_prev: [*batch, N, *event]`` with ``x: [*batch, 1, *event]`` gives ``[*batch, N]``
+      (one new state against every previous particle);
     - ``nfe(t) -> int``: network evaluations per particle spent by step ``t``.
     """
 
