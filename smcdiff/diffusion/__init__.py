@@ -36,6 +36,7 @@ from smcdiff.diffusion.solvers import (
     GeneratorNoise,
     Heun,
     History,
+    NFETooSmallError,
     NoiseSampler,
     PerParticleNoise,
     SDEDPMSolverPP1,
@@ -44,6 +45,7 @@ from smcdiff.diffusion.solvers import (
     SolverGrid,
     Transition,
     UniPC,
+    fast_orders,
     get_solver,
     log_transition_density,
     prepare_grid,
@@ -75,5 +77,5 @@ __all__ = [
     "DPMSolverPP3M", "Euler", "EulerMaruyama", "FixedNoise", "GeneratorNoise", "Heun", "History",
     "NoiseSampler", "PerParticleNoise", "SDEDPMSolverPP1", "SDEDPMSolverPP2M", "SampleResult",
     "Solver", "SolverGrid", "Transition", "UniPC", "get_solver", "log_transition_density",
-    "prepare_grid", "sample", "step", "transition",
+    "prepare_grid", "sample", "step", "transition", "NFETooSmallError", "fast_orders",
 ]

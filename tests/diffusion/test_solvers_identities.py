@@ -137,7 +137,9 @@ def test_compat_3m_differs_from_unip3():
 # ----------------------------------------------------------------------------- processes
 
 EXPONENTIAL = [
-    DDIM(), DPMSolver(order=2), DPMSolver(order=3), DPMSolverPP2S(), DPMSolverPP2M(),
+    DDIM(), DPMSolver(order=2), DPMSolver(order=3), DPMSolver(order=2, solver_type="dpmsolver"),
+    DPMSolver(order=3, solver_type="dpmsolver"), DPMSolver(order=3, orders=(3, 2, 1) * 4),
+    DPMSolverPP2S(), DPMSolverPP2M(),
     DPMSolverPP3M(), DPMSolverPP3M(variant="compat"), UniPC(p=2), UniPC(p=2, variant="bh1"),
     UniPC(p=3), DEIS(order=2), DEIS(order=3), IPNDM(), Euler(space="rho"), Heun(space="rho"),
 ]

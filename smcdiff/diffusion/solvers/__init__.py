@@ -27,6 +27,11 @@ name                       solver                                   order  NFE/s
 ``sde-dpmsolver++1``       :class:`SDEDPMSolverPP1`                 1      1
 ``sde-dpmsolver++2m``      :class:`SDEDPMSolverPP2M`                2      1
 =========================  =======================================  =====  =========
+
+How ``sample(..., nfe=n)`` spends a budget is the solver's :meth:`Solver.grid_for_nfe`:
+the most steps that fit, except :class:`DPMSolver`, which uses the DPM-Solver-fast order
+split (:func:`fast_orders`) as its paper prescribes. A budget (or grid) on which a run never
+reaches the solver's nominal order raises ``ValueError`` (:meth:`Solver.check_plan`).
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from typing import Any
 from smcdiff.diffusion.solvers.base import (
     Evaluator,
     History,
+    NFETooSmallError,
     Solver,
     SolverGrid,
     Transition,
+    check_state,
     log_transition_density,
     prepare_grid,
     step,
@@ -52,6 +59,7 @@ from smcdiff.diffusion.solvers.dpm_solver import (
     DPMSolverPP2M,
     DPMSolverPP2S,
     DPMSolverPP3M,
+    fast_orders,
 )
 from smcdiff.diffusion.solvers.euler_heun import Euler, Heun
 from smcdiff.diffusion.solvers.noise import (
@@ -125,6 +133,7 @@ __all__ = [
     "GeneratorNoise",
     "Heun",
     "History",
+    "NFETooSmallError",
     "NoiseSampler",
     "PerParticleNoise",
     "SDEDPMSolverPP1",
@@ -134,6 +143,8 @@ __all__ = [
     "Transition",
     "UniPC",
     "as_noise_sampler",
+    "check_state",
+    "fast_orders",
     "get_solver",
     "log_transition_density",
     "prepare_grid",

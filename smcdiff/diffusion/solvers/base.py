@@ -51,9 +51,11 @@ from smcdiff.diffusion.processes import NoiseProcess, expand_to, get_process
 __all__ = [
     "Evaluator",
     "History",
+    "NFETooSmallError",
     "Solver",
     "SolverGrid",
     "Transition",
+    "check_state",
     "log_transition_density",
     "phi_functions",
     "prepare_grid",
@@ -63,6 +65,11 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- containers
+
+
+class NFETooSmallError(ValueError):
+    """An NFE budget, step count or grid on which a run never reaches the solver's order
+    (or cannot pay for a single step). A ``ValueError``."""
 
 
 class History(NamedTuple):
@@ -145,6 +152,20 @@ class SolverGrid:
         while k < n_outputs and not self.noise_start[i - 1 - k]:
             k += 1
         return k
+
+
+def check_state(g: SolverGrid, x: Any, name: str = "x") -> None:
+    """``x`` must be a floating tensor ``[*batch, N, *event]`` whose leading dims match a
+    per-particle grid's ``tshape`` (``g.t: [num_steps + 1, *tshape]``)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name} must be a floating tensor [*batch, N, *event], got {got}")
+    tshape = tuple(g.t.shape[1:])
+    if tshape and tuple(x.shape[: len(tshape)]) != tshape:
+        raise ValueError(
+            f"a per-particle grid of shape {tuple(g.t.shape)} = [num_steps + 1, *tshape] needs "
+            f"tshape = {tshape} to be a prefix of {name}.shape = {tuple(x.shape)}"
+        )
 
 
 def cast(coef: Tensor, x: Tensor) -> Tensor:
@@ -277,6 +298,16 @@ class Evaluator:
         except ValueError as err:
             raise ValueError(f"solver step {self.step}: {err}") from err
         self.nfe += 1
+        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype \
+                or out.device != x.device:
+            tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
+            got = (f"{tuple(out.shape)} {out.dtype} on {out.device}" if isinstance(out, Tensor)
+                   else type(out).__name__)
+            raise TypeError(
+                f"model prediction ({kind!r}) at solver step {self.step} (t = {tv}) must match "
+                f"x: {tuple(x.shape)} {x.dtype} on {x.device}; got {got} (a model must follow "
+                "the dtype and device of x)"
+            )
         if self.check_finite and not bool(torch.isfinite(out).all()):
             tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
             raise ValueError(
@@ -306,7 +337,9 @@ class Solver:
     ``order`` on the instance.
 
     Subclasses implement :meth:`_step` (``ev`` evaluates the model; ``g`` is the
-    :class:`SolverGrid`) and, if multistep, :meth:`history_size`.
+    :class:`SolverGrid`) and, if multistep, :meth:`history_size`; :meth:`grid_for_nfe`
+    says how an NFE budget is spent (``sample(..., nfe=n)``), :meth:`check_plan` rejects a
+    grid on which the solver never reaches its order (:class:`NFETooSmallError`).
     """
 
     name: ClassVar[str] = "solver"
@@ -362,16 +395,55 @@ class Solver:
             return 1 + (nfe - 1) // k if nfe >= 1 else 0
         return nfe // k
 
+    def grid_for_nfe(
+        self,
+        process: NoiseProcess | str,
+        nfe: int,
+        *,
+        kind: str = "logsnr",
+        t_start: float | None = None,
+        t_end: float | None = None,
+        final: str = "zero",
+    ) -> tuple[Solver, SolverGrid]:
+        """The solver configuration and grid a budget of ``nfe`` evaluations runs with.
+
+        Used by :func:`~smcdiff.diffusion.sample` when it is given ``nfe=``. The default:
+        the most steps of a ``time_grid(process, n, kind, t_start, t_end, final)`` whose run
+        costs at most ``nfe`` (edge steps cost one evaluation), with ``self`` unchanged.
+        Solvers whose papers prescribe how to spend a budget override it (e.g.
+        :class:`~smcdiff.diffusion.solvers.DPMSolver`: the DPM-Solver-fast order split).
+
+        Raises:
+            ValueError: ``nfe`` cannot pay for a single step.
+        """
+        from smcdiff.diffusion.grids import time_grid
+
+        n = self.num_steps_for_nfe(nfe, final == "zero")
+        if n < 1:
+            raise NFETooSmallError(
+                f"nfe={nfe} is too small for {self!r}, which needs {self.nfe_per_step} NFE per "
+                "step"
+            )
+        for m in range(n, 0, -1):  # edge-step costs can differ from the estimate
+            grid = time_grid(process, m, kind=kind, t_start=t_start, t_end=t_end, final=final)
+            g = prepare_grid(process, grid)
+            if self.plan_nfe(g) <= nfe:
+                return self, g
+        raise NFETooSmallError(
+            f"nfe={nfe} is too small for {self!r}: one step costs {self.plan_nfe(g)}"
+        )
+
     def check_plan(self, g: SolverGrid) -> list[int]:
         """Raise ``ValueError`` if a run on ``g`` never reaches this solver's order."""
         orders = self.plan(g)
         need = min(self.order, self.max_step_order)
         if max(orders) < need:
-            raise ValueError(
+            raise NFETooSmallError(
                 f"NFE too small for {self!r}: a run of {g.num_steps} step(s) "
                 f"({self.plan_nfe(g)} NFE) uses step orders {orders} and never reaches order "
-                f"{need}; use more steps/NFE (multistep solvers warm up with lower orders and "
-                "the final step to t = 0 is first order) or a lower-order solver"
+                f"{need}; use more steps/NFE (multistep solvers warm up with lower orders, "
+                "DPM-Solver-fast splits a small budget into lower orders, and the final step "
+                "to t = 0 is first order) or a lower-order solver"
             )
         return orders
 
@@ -384,6 +456,7 @@ class Solver:
             raise ValueError(f"step index i must be in [0, {g.num_steps}), got {i}")
         if not isinstance(history, History):
             raise TypeError(f"history must be a History, got {type(history).__name__}")
+        check_state(g, x)
         ev.step = i
         return self._step(ev, x, history, i, g)
 
