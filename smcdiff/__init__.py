@@ -24,7 +24,7 @@ from smcdiff.core import (
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("core", "ssm", "diagnostics", "diffusion", "gaussian")
+_SUBPACKAGES = ("core", "ssm", "diagnostics", "diffusion", "gaussian", "fk")
 
 
 def __getattr__(name: str) -> Any:
