@@ -3,7 +3,7 @@
 Methods (smcdiff solver vs diffusers scheduler):
 
 - DPM-Solver++ 2M (midpoint): ``DPMSolverPP2M`` vs ``DPMSolverMultistepScheduler(solver_order=2)``;
-- DPM-Solver++ 3M: ``DPMSolverPP3M`` (default ``variant="exact"``, order 3) vs
+- DPM-Solver++ 3M: ``DPMSolverPP3M`` (default ``variant="adaptive"``, order 3) vs
   ``DPMSolverMultistepScheduler(solver_order=3)``; plus a parity row with smcdiff's
   ``variant="compat"`` (the formula diffusers ships, order 2), which should match diffusers
   to round-off;

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from smcdiff.diffusion.parametrization import KINDS, DiffusionModel, convert
+from smcdiff.diffusion.parametrization import KINDS, DiffusionModel, all_finite, convert
 from smcdiff.diffusion.processes import (
     EDM,
     VE,
@@ -205,3 +206,54 @@ def test_bad_inputs_raise():
         convert(x[:2], "eps", "x0", x, 0.5, VP())
     with pytest.raises(ValueError, match="prefix"):
         convert(x, "eps", "x0", x, torch.full((2,), 0.5, dtype=F64), VP())
+
+
+def test_all_finite_is_exact():
+    x = torch.randn(100, 3, dtype=F64)
+    assert all_finite(x)
+    for bad in (math.nan, math.inf, -math.inf):
+        y = x.clone()
+        y[7, 1] = bad
+        assert not all_finite(y)
+    y = x.clone()
+    y[0, 0], y[1, 0] = math.inf, -math.inf  # sum is NaN
+    assert not all_finite(y)
+    # finite entries whose sum overflows: the fallback test says finite
+    assert all_finite(torch.full((4,), 1e308, dtype=F64))
+    assert all_finite(torch.full((10,), 6e4, dtype=torch.float16))  # sum overflows in half
+    assert all_finite(torch.arange(5))  # integers are finite
+    assert not all_finite(torch.tensor([1 + 1j, complex(math.nan, 0)]))
+    z = torch.randn(3, requires_grad=True)
+    assert all_finite(z * 2)
+
+
+def _gauss_score(x):
+    """Exact score of N(0, diag(0.3, 0.05)) under VP at t = 0.3."""
+    p = VP()
+    a, s = p.alpha(torch.tensor(0.3, dtype=F64)), p.sigma(torch.tensor(0.3, dtype=F64))
+    var = a**2 * torch.tensor([0.3, 0.05], dtype=F64) + s**2
+    return -x / var
+
+
+def _gauss_model():
+    return DiffusionModel(lambda x, t: _gauss_score(x), VP(), "score")
+
+
+class _Shifted(DiffusionModel):
+    """A model whose __call__ is overridden: predict must convert its output."""
+
+    def __call__(self, x, t, **cond):
+        return super().__call__(x, t, **cond) + 1.0
+
+
+def test_model_predict_equals_convert():
+    """predict = convert(model(x, t)), also when __call__ is overridden; t is validated."""
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for model, out in ((_gauss_model(), _gauss_score(x)),
+                       (_Shifted(lambda x, t: _gauss_score(x), VP(), "score"),
+                        _gauss_score(x) + 1.0)):
+        for kind in KINDS:
+            ref = convert(out, "score", kind, x, 0.3, VP())
+            assert bool((model.predict(x, 0.3, kind) == ref).all()), kind
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+            model.predict(x, 1.5, "x0")

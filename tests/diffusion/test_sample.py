@@ -84,6 +84,7 @@ def test_multistep_warm_up_and_lower_order_final_plan():
     proc = VP()
     g = _g(proc, time_grid(proc, 6, final="t_min"))
     assert DPMSolverPP3M().plan(g) == [1, 2, 3, 3, 3, 3]
+    assert DPMSolverPP3M(variant="exact").plan(g) == [1, 2, 3, 3, 3, 3]
     assert DPMSolverPP3M(lower_order_final=True).plan(g) == [1, 2, 3, 3, 2, 1]
     assert IPNDM().plan(g) == [1, 2, 3, 4, 4, 4]
     assert UniPC(p=2).plan(_g(proc, time_grid(proc, 4))) == [1, 2, 2, 1]
@@ -254,6 +255,28 @@ def test_gmm_every_higher_order_solver_beats_ddim(gmm_setup, nfe):
     losers = {name for name, r in ratios.items() if r >= 1}
     expected = LOSE_AT_NFE_10 if nfe == 10 else set()
     assert losers == expected, ratios
+
+
+@pytest.mark.parametrize("nfe", [10, 20])
+def test_gmm_dpmpp3m_adaptive_on_a_time_uniform_grid(gmm_setup, nfe):
+    """DPM++3M on a grid uniform in t (its last regular step is 4-5x longer in lambda than
+    the one before): the adaptive default (first order on that step, DPMSolverPP3M
+    docstring) beats both fixed formulas by a wide margin (measured 0.08x / 0.11x of
+    "compat" at NFE 10 / 20, 0.05x / 0.06x of "exact")."""
+    model, x_init, ref = gmm_setup
+    proc = VP()
+    grid = time_grid(proc, nfe, kind="uniform", final="zero")
+    lam = proc.log_snr(grid[:-1])
+    h = lam[1:] - lam[:-1]
+    assert h[-1] > 3 * h[-2]  # the long step the rule is about
+
+    def err(variant):
+        res = sample(model, DPMSolverPP3M(variant=variant), grid, x_init)
+        return (res.x - ref).norm(dim=-1).mean().item(), res.orders
+
+    (e_a, orders), (e_e, _), (e_c, _) = err("adaptive"), err("exact"), err("compat")
+    assert orders[-2:] == (1, 1)  # the long step, then the denoise step
+    assert e_a < 0.25 * e_c and e_a < 0.25 * e_e, (e_a, e_e, e_c)
 
 
 def test_singlestep_dpm_solver_at_nfe_10(gmm_setup):

@@ -124,14 +124,78 @@ def test_unip3_step_equals_dpmpp3m_exact_step_with_the_same_history(variant):
     g = prepare_grid(proc, time_grid(proc, 10))
     x, hist = _x_init(4, 1.0), History()
     for i in range(4):
-        x, hist = DPMSolverPP3M().transition(Evaluator(model), x, hist, i, g)[::2]
-    a = DPMSolverPP3M().transition(Evaluator(model), x, hist, 4, g).mean
+        x, hist = DPMSolverPP3M(variant="exact").transition(Evaluator(model), x, hist, i, g)[::2]
+    a = DPMSolverPP3M(variant="exact").transition(Evaluator(model), x, hist, 4, g).mean
     b = UniPC(p=3, variant=variant, corrector=False).transition(Evaluator(model), x, hist, 4, g)
     assert _rel(b.mean, a) < 1e-12
 
 
 def test_compat_3m_differs_from_unip3():
     assert _rel(_traj(DPMSolverPP3M(variant="compat")), _traj(UniPC(p=3, corrector=False))) > 1e-6
+
+
+def _3m_steps(variant: str, grid: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each step of a DPM++3M ``variant`` run from the states and history of an "exact" run
+    (so that steps can be compared one by one)."""
+    g = prepare_grid(VP(), grid)
+    model = GAUSS.model(VP(), "eps")
+    ref, out = DPMSolverPP3M(variant="exact"), []
+    hist = History()
+    for i in range(g.num_steps):
+        out.append(DPMSolverPP3M(variant=variant).transition(Evaluator(model), x, hist, i, g)
+                   .mean)
+        x, hist = ref.transition(Evaluator(model), x, hist, i, g)[::2]
+    return out
+
+
+def test_dpmpp3m_adaptive_term_follows_the_stencil_span():
+    """"adaptive" takes each third-order step from "exact" (c = 2) while lambda_t -
+    lambda_{s-2} <= EXACT_SPAN and from "compat" (c = 1) beyond; no step of a Karras grid is
+    more than twice the previous one, so the order plan is the exact one."""
+    from smcdiff.diffusion.solvers.dpm_solver import EXACT_SPAN
+
+    proc = VP()
+    grid = time_grid(proc, 24, kind="karras", final="t_min")
+    lam = proc.log_snr(grid)
+    g = prepare_grid(proc, grid)
+    assert DPMSolverPP3M().plan(g) == DPMSolverPP3M(variant="exact").plan(g)
+    x = _x_init(6, float(proc.sigma(grid[0])))
+    ada, exact, compat = (_3m_steps(v, grid, x) for v in ("adaptive", "exact", "compat"))
+    spans = [float(lam[i + 1] - lam[i - 2]) if i >= 2 else 0.0 for i in range(24)]
+    assert min(spans[2:]) < EXACT_SPAN < max(spans)  # both kinds of steps occur
+    for i in range(24):
+        if i < 2 or spans[i] <= EXACT_SPAN:
+            assert _rel(ada[i], exact[i]) < 1e-14, i
+        else:
+            assert _rel(ada[i], compat[i]) < 1e-14 and _rel(ada[i], exact[i]) > 1e-6, i
+
+
+def test_dpmpp3m_adaptive_equals_exact_on_fine_grids():
+    """On a logSNR grid of 40 steps to t_min (stencil 0.72 in lambda, equal steps) the
+    adaptive default is the exact third-order method, step for step."""
+    proc = VP()
+    a = _traj(DPMSolverPP3M(), num_steps=40, final="t_min")
+    b = _traj(DPMSolverPP3M(variant="exact"), num_steps=40, final="t_min")
+    assert bool((a == b).all())
+    assert 3 * float(proc.log_snr(time_grid(proc, 40, final="t_min")).diff()[0]) < 1.0
+
+
+def test_dpmpp3m_adaptive_first_order_on_long_steps():
+    """A step more than MAX_STEP_RATIO times the previous one (in lambda) is first order;
+    such steps do not make a grid "too small" for the solver."""
+    proc = VP()
+    lam = -4.0 + torch.cumsum(0.1 * 1.9 ** torch.arange(7, dtype=F64), 0)  # ratio 1.9
+    g = prepare_grid(proc, proc.t_of_log_snr(torch.cat([torch.tensor([-4.0], dtype=F64), lam])))
+    assert DPMSolverPP3M(variant="exact").plan(g) == [1, 2, 3, 3, 3, 3, 3]
+    assert DPMSolverPP3M().plan(g) == [1, 2, 3, 3, 3, 3, 3]
+    lam = torch.tensor([-4.0, -3.9, -3.6, -2.7, 0.0, 3.0], dtype=F64)  # h triples, then less
+    g = prepare_grid(proc, proc.t_of_log_snr(lam))
+    assert DPMSolverPP3M().plan(g) == [1, 1, 1, 1, 3]
+    res = sample(GAUSS.model(proc), DPMSolverPP3M(), g, _x_init(3, 1.0))
+    assert res.orders == (1, 1, 1, 1, 3) and res.nfe == 5
+    with pytest.raises(ValueError, match="never reaches order 3"):
+        sample(GAUSS.model(proc), DPMSolverPP3M(), num_steps=2, final="t_min",
+               x_init=_x_init(3, 1.0))
 
 
 # ----------------------------------------------------------------------------- processes

@@ -108,7 +108,8 @@ CASES = [
     ("ipndm", IPNDM(), 2, [32, 64, 128]),
     ("dpmsolver-3", DPMSolver(order=3), 3, [64, 128, 256]),
     ("dpmsolver-3-dpmsolver", DPMSolver(order=3, solver_type="dpmsolver"), 3, [64, 128, 256]),
-    ("dpmsolver++3m", DPMSolverPP3M(variant="exact"), 3, [64, 128, 256]),
+    ("dpmsolver++3m-exact", DPMSolverPP3M(variant="exact"), 3, [64, 128, 256]),
+    ("dpmsolver++3m", DPMSolverPP3M(), 3, [64, 128, 256]),  # "adaptive": exact on these
     ("unip-3", UniPC(p=3, corrector=False), 3, [64, 128, 256]),
     ("unipc-2-bh2", UniPC(p=2, variant="bh2"), 3, [64, 128, 256]),
     ("unipc-2-bh1", UniPC(p=2, variant="bh1"), 3, [64, 128, 256]),

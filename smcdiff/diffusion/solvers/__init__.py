@@ -15,7 +15,8 @@ name                       solver                                   order  NFE/s
 ``dpmsolver-{1,2,3}``      :class:`DPMSolver` (singlestep, eps)     k      k
 ``dpmsolver++2s``          :class:`DPMSolverPP2S`                   2      2
 ``dpmsolver++2m``          :class:`DPMSolverPP2M`                   2      1
-``dpmsolver++3m``          :class:`DPMSolverPP3M` (``"exact"``)     3      1
+``dpmsolver++3m``          :class:`DPMSolverPP3M` (``"adaptive"``)  3      1
+``dpmsolver++3m-exact``    :class:`DPMSolverPP3M` (``"exact"``)     3      1
 ``dpmsolver++3m-compat``   :class:`DPMSolverPP3M` (``"compat"``)    2      1
 ``unipc-{1,2,3}``          :class:`UniPC` (bh2, with UniC)          p + 1  1
 ``unipc-bh1-{1,2,3}``      :class:`UniPC` (bh1, with UniC)          p + 1  1
@@ -84,6 +85,7 @@ SOLVERS: dict[str, Callable[..., Solver]] = {
     "dpmsolver++2s": DPMSolverPP2S,
     "dpmsolver++2m": DPMSolverPP2M,
     "dpmsolver++3m": DPMSolverPP3M,
+    "dpmsolver++3m-exact": lambda **kw: DPMSolverPP3M(variant="exact", **kw),
     "dpmsolver++3m-compat": lambda **kw: DPMSolverPP3M(variant="compat", **kw),
     **{f"unipc-{p}": (lambda p=p, **kw: UniPC(p=p, **kw)) for p in (1, 2, 3)},
     **{f"unipc-bh1-{p}": (lambda p=p, **kw: UniPC(p=p, variant="bh1", **kw)) for p in (1, 2, 3)},

@@ -15,7 +15,10 @@ Grid (:func:`prepare_grid`): strictly decreasing times ``[num_steps + 1]`` or pe
 times ``[num_steps + 1, *tshape]`` with ``tshape`` a prefix of ``x.shape`` (e.g.
 ``[*batch, N]``). ``alpha``, ``sigma`` and ``lambda`` are computed once in float64; every
 update coefficient is formed in float64 (with ``expm1``) and cast to ``x``'s dtype only
-when it multiplies ``x``.
+when it multiplies ``x``. On a shared grid the coefficients are Python floats (float64),
+computed once per prepared grid and cached on it (``SolverGrid._cache``), so a step costs
+no tensor operations beyond the update itself; model outputs are converted with the
+grid's ``alpha``/``sigma`` (:meth:`Evaluator.at`) and checked for NaN/inf once.
 
 Two kinds of *edge step* never evaluate ``log 0`` or ``inf - inf``:
 
@@ -40,13 +43,25 @@ solver instance can serve many runs of any shape.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-from smcdiff.diffusion.processes import NoiseProcess, expand_to, get_process
+from smcdiff.diffusion.parametrization import (
+    DiffusionModel,
+    _convert_with,
+    _process_coef,
+    all_finite,
+)
+from smcdiff.diffusion.processes import NoiseProcess, as_time, expand_to, get_process
+
+#: A schedule value at a grid point: a Python float (float64) on a shared grid, a float64
+#: tensor ``[*tshape]`` on a per-particle grid (see :meth:`SolverGrid.values`).
+Scalar = float | Tensor
 
 __all__ = [
     "Evaluator",
@@ -119,10 +134,61 @@ class SolverGrid:
     process: NoiseProcess
     data_end: tuple[bool, ...]
     noise_start: tuple[bool, ...]
+    # Lazily filled, per grid: schedule values as Python floats, times and coefficients cast
+    # for a state's dtype/device, and solvers' per-step coefficients (keyed by the solver).
+    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_steps(self) -> int:
         return self.t.shape[0] - 1
+
+    @property
+    def shared(self) -> bool:
+        """One grid for all particles (``t: [num_steps + 1]``)."""
+        return self.t.ndim == 1
+
+    def values(self) -> tuple[Sequence[Scalar], Sequence[Scalar], Sequence[Scalar]]:
+        """``(alpha, sigma, lam)`` indexed by grid point, for coefficient arithmetic.
+
+        Shared grid: Python floats (the float64 values, read once per grid), so per-step
+        coefficients cost no tensor operations; per-particle grid: float64 ``[*tshape]`` rows.
+        """
+        v = self._cache.get("values")
+        if v is None:
+            if self.shared:
+                v = (tuple(self.alpha.tolist()), tuple(self.sigma.tolist()),
+                     tuple(self.lam.tolist()))
+            else:
+                v = (self.alpha.unbind(0), self.sigma.unbind(0), self.lam.unbind(0))
+            self._cache["values"] = v
+        return v
+
+    def time_at(self, k: int, x: Tensor) -> Tensor:
+        """Time of grid point ``k`` as passed to the network for a state ``x``: float64 0-d on
+        ``x``'s device (shared grid), else ``[*tshape]`` in ``x``'s dtype and device."""
+        key = ("t", x.device, None if self.shared else x.dtype)
+        ts = self._cache.get(key)
+        if ts is None:
+            tt = self.t.to(device=x.device) if self.shared else \
+                self.t.to(device=x.device, dtype=x.dtype)
+            ts = self._cache[key] = tt.unbind(0)
+        return ts[k]
+
+    def coef(self, v: Scalar, x: Tensor) -> Scalar:
+        """A schedule value or coefficient as a multiplier of ``x``: a float as is, a tensor
+        cast to ``x``'s dtype/device and padded to broadcast (:func:`cast`)."""
+        return v if isinstance(v, float) else cast(v, x)
+
+    def point_coef(self, name: str, k: int, x: Tensor) -> Scalar:
+        """``alpha`` or ``sigma`` at grid point ``k`` as a multiplier of ``x`` (cached)."""
+        if self.shared:
+            return self.values()[0 if name == "alpha" else 1][k]
+        key = (name, x.device, x.dtype, x.ndim)
+        vals = self._cache.get(key)
+        if vals is None:
+            src = self.alpha if name == "alpha" else self.sigma
+            vals = self._cache[key] = tuple(cast(r, x) for r in src.unbind(0))
+        return vals[k]
 
     def denoise(self, i: int) -> bool:
         """Step ``i`` ends at ``sigma = 0`` (a denoise-to-data step)."""
@@ -210,18 +276,19 @@ def prepare_grid(process: NoiseProcess | str, grid: Any) -> SolverGrid:
     if g.shape[0] < 2:
         raise ValueError(f"grid needs at least 2 times (one step), got {g.shape[0]}")
     gc = g.cpu()
-    if bool(torch.isnan(gc).any()):
-        i = int(torch.isnan(gc).reshape(g.shape[0], -1).any(-1).nonzero()[0])
-        raise ValueError(f"grid contains NaN at index {i}")
-    if bool(((gc < 0) | (gc > 1)).any()):
-        bad = ((gc < 0) | (gc > 1)).reshape(g.shape[0], -1).any(-1)
-        i = int(bad.nonzero()[0])
-        raise ValueError(
-            f"grid times must lie in [0, 1] (0 = data, 1 = noise); grid[{i}] = "
-            f"{gc[i].flatten()[:4].tolist()}"
-        )
+    nan = torch.isnan(gc)
+    out_of_range = (gc < 0) | (gc > 1)
     inc = (gc[1:] >= gc[:-1]).reshape(g.shape[0] - 1, -1).any(-1)
-    if bool(inc.any()):
+    if bool(nan.any() | out_of_range.any() | inc.any()):  # one test; details below
+        if bool(nan.any()):
+            i = int(nan.reshape(g.shape[0], -1).any(-1).nonzero()[0])
+            raise ValueError(f"grid contains NaN at index {i}")
+        if bool(out_of_range.any()):
+            i = int(out_of_range.reshape(g.shape[0], -1).any(-1).nonzero()[0])
+            raise ValueError(
+                f"grid times must lie in [0, 1] (0 = data, 1 = noise); grid[{i}] = "
+                f"{gc[i].flatten()[:4].tolist()}"
+            )
         i = int(inc.nonzero()[0])
         raise ValueError(
             "grid must be strictly decreasing (samplers go from noise t=1 to data t=0); "
@@ -237,20 +304,23 @@ def prepare_grid(process: NoiseProcess | str, grid: Any) -> SolverGrid:
                           dtype=torch.float64)
     lam = torch.where(zero_s, torch.full_like(lam, math.inf), lam)
     lam = torch.where(zero_a, torch.full_like(lam, -math.inf), lam)
-    flat_s = zero_s.reshape(g.shape[0], -1).cpu()
-    flat_a = zero_a.reshape(g.shape[0], -1).cpu()
-    data_end: list[bool] = []
-    noise_start: list[bool] = []
+    # one transfer for all per-point flags: [any sigma = 0, all, any alpha = 0, all]
+    flat_s = zero_s.reshape(g.shape[0], -1)
+    flat_a = zero_a.reshape(g.shape[0], -1)
+    n = g.shape[0] - 1
+    flags = torch.cat([flat_s.any(-1), flat_s.all(-1), flat_a.any(-1), flat_a.all(-1),
+                       torch.isfinite(lam[1:-1]).all().reshape(1)]).cpu().tolist()
+    any_s, data_end, any_a, noise_start = (flags[j * (n + 1):(j + 1) * (n + 1)]
+                                           for j in range(4))
+    lam_finite = flags[-1]
     for k in range(g.shape[0]):
-        for flags, out, what in ((flat_s, data_end, "sigma"), (flat_a, noise_start, "alpha")):
-            any_k, all_k = bool(flags[k].any()), bool(flags[k].all())
+        for any_k, all_k, what in ((any_s[k], data_end[k], "sigma"),
+                                   (any_a[k], noise_start[k], "alpha")):
             if any_k and not all_k:
                 raise ValueError(
                     f"grid point {k}: {what} = 0 for some particles only; per-particle grids "
                     "must reach t = 0 (or alpha = 0) at the same step for all particles"
                 )
-            out.append(all_k)
-    n = g.shape[0] - 1
     for k in range(n):
         if data_end[k]:
             raise ValueError(
@@ -263,8 +333,7 @@ def prepare_grid(process: NoiseProcess | str, grid: Any) -> SolverGrid:
             )
     if n == 1 and noise_start[0] and data_end[1]:
         raise ValueError("a single step from alpha = 0 to sigma = 0 is undefined")
-    finite = torch.isfinite(lam[1:-1]) if n > 1 else torch.ones(0, dtype=torch.bool)
-    if not bool(finite.all()):
+    if not lam_finite:
         raise ValueError("process.log_snr is not finite at an interior grid point")
     return SolverGrid(g, alpha, sigma, lam, proc, tuple(data_end), tuple(noise_start))
 
@@ -272,11 +341,30 @@ def prepare_grid(process: NoiseProcess | str, grid: Any) -> SolverGrid:
 # ----------------------------------------------------------------------------- model calls
 
 
+def _plain_model(model: Any) -> bool:
+    """``model`` is a :class:`DiffusionModel` whose evaluation is not overridden, so that
+    :class:`Evaluator` may call its network and convert the output itself."""
+    cls = type(model)
+    return (isinstance(model, DiffusionModel)
+            and cls.predict is DiffusionModel.predict
+            and cls.__call__ is DiffusionModel.__call__
+            and cls._raw is DiffusionModel._raw
+            and not {"predict", "_raw"} & vars(model).keys())
+
+
 class Evaluator:
     """Calls ``model.predict(x, t, kind, **cond)``, counts NFE and names the step on failure.
 
     ``nfe`` counts network calls (each call evaluates all particles at once). A NaN or
     infinite prediction raises ``ValueError`` naming the solver step and the time.
+
+    Solvers evaluate at grid points with :meth:`at`, which converts the network output with
+    the grid's float64 ``alpha``/``sigma`` rather than recomputing them from ``t``. For a
+    :class:`~smcdiff.diffusion.DiffusionModel` the network output is checked for NaN/inf
+    once per evaluation (one host synchronisation), on the converted prediction, which is
+    non-finite whenever the raw output is (every conversion multiplies it by a coefficient;
+    ``0 * inf`` and ``0 * nan`` are NaN); the error then names the raw output when the
+    model's ``check_finite`` is on, as the model's own check would.
     """
 
     def __init__(self, model: Any, cond: dict[str, Any] | None = None, check_finite: bool = True):
@@ -290,14 +378,83 @@ class Evaluator:
         self.check_finite = check_finite
         self.nfe = 0
         self.step = -1
+        self._plain = _plain_model(model)
+        self._grid: tuple[SolverGrid | None, bool] = (None, False)
 
     def __call__(self, x: Tensor, t: Tensor, kind: str) -> Tensor:
         tt = t.to(device=x.device) if t.ndim == 0 else t.to(device=x.device, dtype=x.dtype)
+        if not self._plain:
+            try:
+                out = self.model.predict(x, tt, kind, **self.cond)
+            except ValueError as err:
+                raise ValueError(f"solver step {self.step}: {err}") from err
+            self.nfe += 1
+            self._check_type(out, x, t, kind)
+            if self.check_finite and not all_finite(out):
+                raise self._nonfinite_error(t, kind)
+            return out
+        model = self.model
         try:
-            out = self.model.predict(x, tt, kind, **self.cond)
+            as_time(tt)  # validates t in [0, 1]
+            raw = model._raw(x, tt, self.cond)
         except ValueError as err:
             raise ValueError(f"solver step {self.step}: {err}") from err
+        pred = _convert_with(raw, model.kind, kind, x, _process_coef(model.process, tt, x))
+        return self._finish(raw, pred, x, lambda: t, tt, kind)
+
+    def at(self, x: Tensor, g: SolverGrid, k: int, kind: str) -> Tensor:
+        """The prediction of ``kind`` at ``x`` and grid point ``k`` of ``g``.
+
+        Equivalent to ``self(x, g.t[k], kind)``, which it calls for models other than a
+        plain :class:`~smcdiff.diffusion.DiffusionModel` of ``g``'s process and for
+        subclasses that override ``__call__``; otherwise ``alpha`` and ``sigma`` come from
+        the grid (float64, already validated) and the time is not validated again.
+        """
+        grid, ok = self._grid
+        if grid is not g:
+            ok = (self._plain and type(self).__call__ is Evaluator.__call__
+                  and (g.process is self.model.process or g.process == self.model.process))
+            self._grid = (g, ok)
+        if not ok:
+            return self(x, g.t[k], kind)
+        model = self.model
+        tt = g.time_at(k, x)
+        try:
+            raw = model._raw(x, tt, self.cond)
+        except ValueError as err:
+            raise ValueError(f"solver step {self.step}: {err}") from err
+        fallback = _process_coef(model.process, tt, x)
+
+        def coef(name: str) -> Any:
+            if name in ("alpha", "sigma"):
+                return g.point_coef(name, k, x)
+            return fallback(name)
+
+        pred = _convert_with(raw, model.kind, kind, x, coef)
+        return self._finish(raw, pred, x, lambda: g.t[k], tt, kind)
+
+    def _finish(self, raw: Tensor, pred: Tensor, x: Tensor, t: Callable[[], Tensor],
+                tt: Tensor, kind: str) -> Tensor:
+        """Count the call and check ``pred`` (``raw`` converted) with one finiteness test.
+
+        The errors are those of the model's check on ``raw`` (if on) and of the evaluator's
+        on ``pred`` (if on), in that order; ``t()`` is the time named by the latter.
+        """
+        check_model = self.model.check_finite
+        bad = False
+        if self.check_finite or check_model:
+            bad = not all_finite(pred if self.check_finite else raw)
+            if bad and check_model and (not self.check_finite or not all_finite(raw)):
+                err = self.model._nonfinite_error(raw, x, tt)
+                raise ValueError(f"solver step {self.step}: {err}")
         self.nfe += 1
+        if not (pred.shape == x.shape and pred.dtype == x.dtype and pred.device == x.device):
+            self._check_type(pred, x, t(), kind)
+        if bad and self.check_finite:
+            raise self._nonfinite_error(t(), kind)
+        return pred
+
+    def _check_type(self, out: Any, x: Tensor, t: Tensor, kind: str) -> None:
         if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype \
                 or out.device != x.device:
             tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
@@ -308,13 +465,13 @@ class Evaluator:
                 f"x: {tuple(x.shape)} {x.dtype} on {x.device}; got {got} (a model must follow "
                 "the dtype and device of x)"
             )
-        if self.check_finite and not bool(torch.isfinite(out).all()):
-            tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
-            raise ValueError(
-                f"model prediction ({kind!r}) is NaN or infinite at solver step {self.step} "
-                f"(t = {tv})"
-            )
-        return out
+
+    def _nonfinite_error(self, t: Tensor, kind: str) -> ValueError:
+        tv = t.item() if t.numel() == 1 else f"[{t.min().item()}, {t.max().item()}]"
+        return ValueError(
+            f"model prediction ({kind!r}) is NaN or infinite at solver step {self.step} "
+            f"(t = {tv})"
+        )
 
 
 # ----------------------------------------------------------------------------- solvers
@@ -477,6 +634,18 @@ class Solver:
 
 
 _PHI_TERMS = 25
+_INV_FACT = tuple(1.0 / math.factorial(n) for n in range(_PHI_TERMS + 8))
+
+
+@lru_cache(maxsize=32)
+def _phi_table(K: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(exponents [_PHI_TERMS], table [_PHI_TERMS, K])`` with ``table[j, k-1] = 1/(j+k)!``."""
+    js = torch.arange(_PHI_TERMS, dtype=torch.float64, device=device)
+    table = torch.tensor(
+        [[_INV_FACT[j + k] for k in range(1, K + 1)] for j in range(_PHI_TERMS)],
+        dtype=torch.float64, device=device,
+    )
+    return js, table
 
 
 def phi_functions(z: Tensor, K: int) -> list[Tensor]:
@@ -490,33 +659,85 @@ def phi_functions(z: Tensor, K: int) -> list[Tensor]:
     small = z.abs() <= 1
     zs = torch.where(small, z, torch.zeros_like(z))
     zl = torch.where(small, torch.ones_like(z), z)
-    powers = zs.unsqueeze(-1) ** torch.arange(_PHI_TERMS, dtype=torch.float64, device=z.device)
-    table = torch.tensor(
-        [[1.0 / math.factorial(j + k) for k in range(1, K + 1)] for j in range(_PHI_TERMS)],
-        dtype=torch.float64, device=z.device,
-    )
-    series = powers @ table  # [*z.shape, K]
+    js, table = _phi_table(K, z.device)
+    series = (zs.unsqueeze(-1) ** js) @ table  # [*z.shape, K]
     out = []
     rec = torch.expm1(zl) / zl
     for k in range(1, K + 1):
         out.append(torch.where(small, series[..., k - 1], rec))
-        rec = (rec - 1.0 / math.factorial(k)) / zl
+        rec = (rec - _INV_FACT[k]) / zl
     return out
+
+
+def phis(z: Scalar, K: int) -> list[Scalar]:
+    """:func:`phi_functions` of a float (same method; Horner's rule for the series) or of a
+    tensor (:func:`phi_functions`)."""
+    out: list[Scalar] = []
+    if not isinstance(z, float):
+        out.extend(phi_functions(z, K))
+        return out
+    if abs(z) <= 1:
+        for k in range(1, K + 1):
+            acc = 0.0
+            for j in range(_PHI_TERMS - 1, -1, -1):
+                acc = acc * z + _INV_FACT[j + k]
+            out.append(acc)
+        return out
+    rec = expm1(z) / z
+    for k in range(1, K + 1):
+        out.append(rec)
+        rec = (rec - _INV_FACT[k]) / z
+    return out
+
+
+def expm1(v: Scalar) -> Scalar:
+    """``exp(v) - 1`` of a float (``math.expm1``; ``inf`` on overflow) or a tensor."""
+    if isinstance(v, float):
+        try:
+            return math.expm1(v)
+        except OverflowError:
+            return math.inf
+    return torch.expm1(v)
+
+
+def exp(v: Scalar) -> Scalar:
+    """``exp(v)`` of a float (``inf`` on overflow) or a tensor."""
+    if isinstance(v, float):
+        try:
+            return math.exp(v)
+        except OverflowError:
+            return math.inf
+    return torch.exp(v)
 
 
 def zero_std(x: Tensor) -> Tensor:
     """A 0-d zero ``std`` of ``x``'s dtype/device (deterministic step)."""
-    return torch.zeros((), dtype=x.dtype, device=x.device)
+    return x.new_zeros(())
 
 
 def eps_from_x0(g: SolverGrid, k: int, x: Tensor, D: Tensor) -> Tensor:
     """``eps_hat = (x - alpha D)/sigma`` at grid point ``k`` (needs ``sigma_k > 0``)."""
-    return (x - cast(g.alpha[k], x) * D) / cast(g.sigma[k], x)
+    return (x - g.point_coef("alpha", k, x) * D) / g.point_coef("sigma", k, x)
 
 
 def x0_from_eps(g: SolverGrid, k: int, x: Tensor, eps: Tensor) -> Tensor:
     """``D = (x - sigma eps)/alpha`` at grid point ``k`` (needs ``alpha_k > 0``)."""
-    return (x - cast(g.sigma[k], x) * eps) / cast(g.alpha[k], x)
+    return (x - g.point_coef("sigma", k, x) * eps) / g.point_coef("alpha", k, x)
+
+
+def lincomb(g: SolverGrid, x: Tensor, terms: Sequence[tuple[Scalar, Tensor]]) -> Tensor:
+    """``sum_j c_j v_j`` for ``terms = [(c_j, v_j)]`` (float64 coefficients, tensors like
+    ``x``), with fused multiply-adds when the coefficients are floats (shared grid)."""
+    (c0, v0), rest = terms[0], terms[1:]
+    if isinstance(c0, float) and all(isinstance(c, float) for c, _ in rest):
+        out = v0 * c0
+        for c, v in rest:
+            out = out.add_(v, alpha=float(c))
+        return out
+    out = g.coef(c0, x) * v0
+    for c, v in rest:
+        out = out + g.coef(c, x) * v
+    return out
 
 
 def ddim_data(g: SolverGrid, i: int, x: Tensor, D: Tensor) -> Tensor:
@@ -529,10 +750,11 @@ def ddim_data(g: SolverGrid, i: int, x: Tensor, D: Tensor) -> Tensor:
     """
     s, t = i, i + 1
     if g.denoise(i):
-        return cast(g.alpha[t], x) * D
-    ratio = g.sigma[t] / g.sigma[s]
-    coef = -g.alpha[t] * torch.expm1(-g.h(i))
-    return cast(ratio, x) * x + cast(coef, x) * D
+        return g.point_coef("alpha", t, x) * D
+    a, sg, lam = g.values()
+    ratio = sg[t] / sg[s]
+    coef = -a[t] * expm1(-(lam[t] - lam[s]))
+    return lincomb(g, x, ((ratio, x), (coef, D)))
 
 
 def ddim_eps(g: SolverGrid, i: int, x: Tensor, eps: Tensor) -> Tensor:
@@ -542,9 +764,10 @@ def ddim_eps(g: SolverGrid, i: int, x: Tensor, eps: Tensor) -> Tensor:
     arXiv 2206.00927, Eq. 3.7), identical to :func:`ddim_data` with ``D = (x - sigma eps)/alpha``.
     """
     s, t = i, i + 1
-    ratio = g.alpha[t] / g.alpha[s]
-    coef = -g.sigma[t] * torch.expm1(g.h(i))
-    return cast(ratio, x) * x + cast(coef, x) * eps
+    a, sg, lam = g.values()
+    ratio = a[t] / a[s]
+    coef = -sg[t] * expm1(lam[t] - lam[s])
+    return lincomb(g, x, ((ratio, x), (coef, eps)))
 
 
 def edge_step(solver: Solver, ev: Evaluator, x: Tensor, history: History, i: int,
@@ -554,7 +777,7 @@ def edge_step(solver: Solver, ev: Evaluator, x: Tensor, history: History, i: int
     Evaluates ``D = x0_hat(x_s)`` once, stores the solver's ``history_kind`` in the history.
     """
     s = i
-    D = ev(x, g.t[s], "x0")
+    D = ev.at(x, g, s, "x0")
     x_next = ddim_data(g, i, x, D)
     if solver.history_size():
         out = D if solver.history_kind == "x0" else eps_from_x0(g, s, x, D)

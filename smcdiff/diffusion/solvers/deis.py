@@ -28,34 +28,35 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from smcdiff.diffusion.solvers.base import (
     Evaluator,
     History,
+    Scalar,
     Solver,
     SolverGrid,
     Transition,
-    cast,
     ddim_eps,
     edge_step,
-    phi_functions,
+    exp,
+    lincomb,
+    phis,
     zero_std,
 )
 
 __all__ = ["DEIS"]
 
 
-def _exp_moments(h: Tensor, K: int) -> list[Tensor]:
-    """``[int_0^{-h} w^k e^w dw for k < K]`` (float64)."""
+def _exp_moments(h: Scalar, K: int) -> list[Scalar]:
+    """``[int_0^{-h} w^k e^w dw for k < K]`` (float64; floats on a shared grid)."""
     H = -h
-    phis = phi_functions(h, K)  # phi_{k+1}(-H) = phi_{k+1}(h)
-    eH = torch.exp(H)
-    return [math.factorial(k) * H ** (k + 1) * eH * phis[k] for k in range(K)]
+    ph = phis(h, K)  # phi_{k+1}(-H) = phi_{k+1}(h)
+    eH = exp(H)
+    return [math.factorial(k) * H ** (k + 1) * eH * ph[k] for k in range(K)]
 
 
-def _lagrange_integrals(h: Tensor, nodes: list[Tensor]) -> list[Tensor]:
+def _lagrange_integrals(h: Scalar, nodes: list[Scalar]) -> list[Scalar]:
     """``int_0^{-h} l_j(w) e^w dw`` for the Lagrange basis on ``nodes`` (first node 0)."""
     n = len(nodes)
     I = _exp_moments(h, n)
@@ -92,18 +93,28 @@ class DEIS(Solver):
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         if g.edge(i):
             return edge_step(self, ev, x, history, i, g)
-        s, t = i, i + 1
-        eps_s = ev(x, g.t[s], "eps")
+        eps_s = ev.at(x, g, i, "eps")
         p = self.step_order(i, g, g.usable(i, len(history.outputs)))
         if p == 1:
             x_t = ddim_eps(g, i, x, eps_s)
         else:
-            h = g.h(i)
-            nodes = [torch.zeros_like(h)] + [g.lam[s] - g.lam[s - j] for j in range(1, p)]
-            cs = _lagrange_integrals(h, nodes)
-            pre = g.alpha[t] * g.sigma[s] / g.alpha[s]
+            c = _deis_coefficients(g, i, p)
             eps = (eps_s,) + history.outputs[: p - 1]
-            x_t = cast(g.alpha[t] / g.alpha[s], x) * x
-            for c, e in zip(cs, eps):
-                x_t = x_t + cast(pre * c, x) * e
+            x_t = lincomb(g, x, [(c[0], x)] + list(zip(c[1:], eps)))
         return Transition(x_t, zero_std(x), self._push(history, eps_s))
+
+
+def _deis_coefficients(g: SolverGrid, i: int, p: int) -> tuple[Scalar, ...]:
+    """Weights of ``(x_s, eps_s, eps_{s-1}, ...)`` in the AB-``p`` step ``i`` (module
+    docstring): ``alpha_t/alpha_s`` and ``alpha_t rho_s int_0^{-h} l_j(w) e^w dw``; once per
+    grid."""
+    key = ("deis", i, p)
+    c = g._cache.get(key)
+    if c is None:
+        a, sg, lam = g.values()
+        s, t = i, i + 1
+        h = lam[t] - lam[s]
+        nodes = [0.0] + [lam[s] - lam[s - j] for j in range(1, p)]
+        pre = a[t] * sg[s] / a[s]
+        c = g._cache[key] = (a[t] / a[s], *(pre * w for w in _lagrange_integrals(h, nodes)))
+    return c

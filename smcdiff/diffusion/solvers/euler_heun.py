@@ -73,9 +73,9 @@ class Euler(Solver):
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         s, t = i, i + 1
         if self.space == "rho" or g.denoise(i):
-            D = ev(x, g.t[s], "x0")
+            D = ev.at(x, g, s, "x0")
             return Transition(ddim_data(g, i, x, D), zero_std(x), history)
-        u = ev(x, g.t[s], "velocity")
+        u = ev.at(x, g, s, "velocity")
         return Transition(x + cast(g.t[t] - g.t[s], x) * u, zero_std(x), history)
 
 
@@ -101,20 +101,20 @@ class Heun(Solver):
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         s, t = i, i + 1
         if self.space == "rho":
-            D = ev(x, g.t[s], "x0")
+            D = ev.at(x, g, s, "x0")
             x1 = ddim_data(g, i, x, D)
             if g.edge(i):
                 return Transition(x1, zero_std(x), history)
             eps_s = eps_from_x0(g, s, x, D)
-            eps_1 = eps_from_x0(g, t, x1, ev(x1, g.t[t], "x0"))
+            eps_1 = eps_from_x0(g, t, x1, ev.at(x1, g, t, "x0"))
             coef = -0.5 * g.sigma[t] * (g.h(i)).expm1()
             return Transition(x1 + cast(coef, x) * (eps_1 - eps_s), zero_std(x), history)
         if g.denoise(i):
-            D = ev(x, g.t[s], "x0")
+            D = ev.at(x, g, s, "x0")
             return Transition(ddim_data(g, i, x, D), zero_std(x), history)
         dt = cast(g.t[t] - g.t[s], x)
-        u = ev(x, g.t[s], "velocity")
-        u1 = ev(x + dt * u, g.t[t], "velocity")
+        u = ev.at(x, g, s, "velocity")
+        u1 = ev.at(x + dt * u, g, t, "velocity")
         return Transition(x + 0.5 * dt * (u + u1), zero_std(x), history)
 
     def _edge(self, i: int, g: SolverGrid) -> bool:

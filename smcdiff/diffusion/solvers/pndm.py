@@ -72,7 +72,7 @@ class IPNDM(Solver):
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         if g.edge(i):
             return edge_step(self, ev, x, history, i, g)
-        eps_s = ev(x, g.t[i], "eps")
+        eps_s = ev.at(x, g, i, "eps")
         p = self.step_order(i, g, g.usable(i, len(history.outputs)))
         eps = (eps_s,) + history.outputs[: p - 1]
         e = eps_s * _AB[p][0]

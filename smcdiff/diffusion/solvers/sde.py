@@ -80,14 +80,14 @@ class EulerMaruyama(Solver):
             )
         s, t = i, i + 1
         if g.denoise(i):
-            D = ev(x, g.t[s], "x0")
+            D = ev.at(x, g, s, "x0")
             return Transition(cast(g.alpha[t], x) * D, zero_std(x), history)
         proc = g.process
         ts = g.t[s]
         f = torch.as_tensor(proc.drift_coef(ts), dtype=torch.float64)
         g2 = torch.as_tensor(proc.diffusion_sq(ts), dtype=torch.float64)
         dt = g.t[t] - ts
-        score = ev(x, ts, "score")
+        score = ev.at(x, g, s, "score")
         mean = x + cast(dt * f, x) * x - cast(dt * 0.5 * (1 + self.eta**2) * g2, x) * score
         std = cast(self.eta * torch.sqrt(g2 * (-dt)), x)
         return Transition(mean, std, history)
@@ -118,7 +118,7 @@ class DDPM(Solver):
 
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         s, t = i, i + 1
-        D = ev(x, g.t[s], "x0")
+        D = ev.at(x, g, s, "x0")
         if g.denoise(i):
             return Transition(cast(g.alpha[t], x) * D, zero_std(x), history)
         e2h = torch.exp(-2 * g.h(i))  # 0 when alpha_s = 0
@@ -162,7 +162,7 @@ class SDEDPMSolverPP1(Solver):
         _check_eta(self.eta)
 
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
-        D = ev(x, g.t[i], "x0")
+        D = ev.at(x, g, i, "x0")
         if g.denoise(i):
             return Transition(cast(g.alpha[i + 1], x) * D, zero_std(x), history)
         mean, std = _sde_dpmpp1(g, i, x, D, self.eta)
@@ -206,7 +206,7 @@ class SDEDPMSolverPP2M(Solver):
 
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
         s, t = i, i + 1
-        D = ev(x, g.t[s], "x0")
+        D = ev.at(x, g, s, "x0")
         new = self._push(history, D)
         if g.denoise(i):
             return Transition(cast(g.alpha[t], x) * D, zero_std(x), new)

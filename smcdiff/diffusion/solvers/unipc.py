@@ -36,48 +36,101 @@ from torch import Tensor
 from smcdiff.diffusion.solvers.base import (
     Evaluator,
     History,
+    Scalar,
     Solver,
     SolverGrid,
     Transition,
-    cast,
     ddim_data,
-    phi_functions,
+    expm1,
+    lincomb,
+    phis,
     zero_std,
 )
 
 __all__ = ["UniPC"]
 
 
-def _coefficients(g: SolverGrid, j: int, n_past: int, with_corrector: bool, variant: str,
-                  p: int):
-    """``(B(h), rhos)`` for step ``j`` with ``n_past`` history differences (float64).
+def _solve(R: list[list[Scalar]], b: list[Scalar]) -> list[Scalar]:
+    """``R a = b`` for a small system: Gaussian elimination with partial pivoting on floats,
+    ``torch.linalg.solve`` (batched over ``[*tshape]``) on tensors."""
+    n = len(b)
+    vals = [v for row in R for v in row] + list(b)
+    ref = next((v for v in vals if isinstance(v, Tensor)), None)
+    if ref is not None:
+
+        def full(v: Scalar) -> Tensor:
+            return torch.as_tensor(v, dtype=torch.float64, device=ref.device).expand(ref.shape)
+
+        A = torch.stack([torch.stack([full(v) for v in row], -1) for row in R], -2)
+        sol = torch.linalg.solve(A, torch.stack([full(v) for v in b], -1))
+        return list(sol.unbind(-1))
+    M = [[float(v) for v in row] + [float(b[k])] for k, row in enumerate(R)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(M[r][col]))
+        M[col], M[piv] = M[piv], M[col]
+        for r in range(col + 1, n):
+            f = M[r][col] / M[col][col]
+            M[r] = [M[r][k] - f * M[col][k] for k in range(n + 1)]
+    out: list[Scalar] = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (M[r][n] - sum(M[r][k] * out[k] for k in range(r + 1, n))) / M[r][r]
+    return out
+
+
+def _coefficients(g: SolverGrid, j: int, n_past: int, with_corrector: bool, variant: str):
+    """``(B(h), rhos, rks)`` for step ``j`` with ``n_past`` history differences (float64;
+    floats on a shared grid), computed once per grid.
 
     Predictor (``with_corrector=False``): ``rhos`` has ``n_past`` entries solving
     ``R[:-1, :-1] a = b[:-1]`` (or ``1/2`` when ``n_past = 1``). Corrector: ``n_past + 1``
     entries solving ``R a = b`` (or ``1/2`` when ``n_past = 0``).
     """
-    h = g.h(j)
+    key = ("unipc", j, n_past, with_corrector, variant)
+    c = g._cache.get(key)
+    if c is not None:
+        return c
+    _, _, lam = g.values()
+    h = lam[j + 1] - lam[j]
     hh = -h
-    B = hh if variant == "bh1" else torch.expm1(hh)
-    rks = [(g.lam[j - m] - g.lam[j]) / h for m in range(1, n_past + 1)]
+    B = hh if variant == "bh1" else expm1(hh)
+    rks = [(lam[j - m] - lam[j]) / h for m in range(1, n_past + 1)]
     n = n_past + 1  # rows of the full system (r_p := 1 appended)
-    ks = torch.stack(rks + [torch.ones_like(h)], dim=-1)  # [*tshape, n]
-    phis = phi_functions(hh, n + 1)
-    b = torch.stack([math.factorial(k) * hh * phis[k] / B for k in range(1, n + 1)], dim=-1)
-    R = torch.stack([ks**k for k in range(n)], dim=-2)  # [*tshape, n, n], R[k, j] = r_j^k
+    ks = rks + [1.0]
+    ph = g._cache.get(("unipc-phi", j))  # shared by the predictor and the corrector
+    if ph is None:
+        ph = g._cache[("unipc-phi", j)] = phis(hh, 4)  # n + 1 <= 4
+    b = [math.factorial(k) * hh * ph[k] / B for k in range(1, n + 1)]
+    R = [[r**k for r in ks] for k in range(n)]  # R[k][j] = r_j^k
     if with_corrector:
-        if n == 1:
-            rhos = torch.full_like(b, 0.5)
-        else:
-            rhos = torch.linalg.solve(R, b)
+        rhos = [0.5] if n == 1 else _solve(R, b)
+    elif n_past == 0:
+        rhos = []
+    elif n_past == 1:
+        rhos = [0.5]
     else:
-        if n_past == 0:
-            rhos = b[..., :0]
-        elif n_past == 1:
-            rhos = torch.full_like(b[..., :1], 0.5)
-        else:
-            rhos = torch.linalg.solve(R[..., :-1, :-1], b[..., :-1])
-    return B, rhos, rks
+        rhos = _solve([row[:-1] for row in R[:-1]], b[:-1])
+    c = g._cache[key] = (B, rhos, rks)
+    return c
+
+
+def _update_weights(g: SolverGrid, j: int, n_past: int, with_corrector: bool,
+                    variant: str) -> tuple[Scalar, ...]:
+    """Weights of ``(x, D_s, Delta_1, ..., Delta_k)`` in a UniP/UniC update of step ``j``:
+    ``ddim(x, D_s) - alpha_t B sum_m rho_m Delta_m / r_m`` with ``Delta_m = D_{s_m} - D_s``
+    (``r = 1`` for the corrector's ``D(x_t) - D_s``)."""
+    key = ("unipc-w", j, n_past, with_corrector, variant)
+    w = g._cache.get(key)
+    if w is not None:
+        return w
+    a, sg, lam = g.values()
+    s, t = j, j + 1
+    ratio = sg[t] / sg[s]
+    cD = -a[t] * expm1(-(lam[t] - lam[s]))
+    B, rhos, rks = _coefficients(g, j, n_past, with_corrector, variant)
+    f = -(a[t] * B)
+    rs = rks + ([1.0] if with_corrector else [])
+    w = g._cache[key] = (ratio, cD, *(f * rho / r for rho, r in zip(rhos, rs)))
+    return w
 
 
 @dataclass(frozen=True)
@@ -138,7 +191,7 @@ class UniPC(Solver):
         return self.p if self.corrector else self.p - 1
 
     def _step(self, ev: Evaluator, x: Tensor, history: History, i: int, g: SolverGrid):
-        D_s = ev(x, g.t[i], "x0")
+        D_s = ev.at(x, g, i, "x0")
         n_use = g.usable(i, len(history.outputs))
         x_s = x
         if self.corrector and history.x_prev and n_use >= 1 and not g.denoise(i):
@@ -155,21 +208,19 @@ class UniPC(Solver):
 
     def _predict(self, g: SolverGrid, i: int, x: Tensor, D_s: Tensor,
                  past: tuple[Tensor, ...], p: int) -> Tensor:
-        x_t = ddim_data(g, i, x, D_s)
         if p == 1:
-            return x_t
-        B, rhos, rks = _coefficients(g, i, p - 1, False, self.variant, p)
-        res = sum(cast(rhos[..., m], x) * (past[m] - D_s) / cast(rks[m], x)
-                  for m in range(p - 1))
-        return x_t - cast(g.alpha[i + 1] * B, x) * res
+            return ddim_data(g, i, x, D_s)
+        w = _update_weights(g, i, p - 1, False, self.variant)
+        terms = [(w[0], x), (w[1], D_s)]
+        terms += [(w[2 + m], past[m] - D_s) for m in range(p - 1)]
+        return lincomb(g, x, terms)
 
     def _correct(self, g: SolverGrid, j: int, x_prev: Tensor, D_new: Tensor,
                  past: tuple[Tensor, ...], q: int) -> Tensor:
         """Corrected state at point ``j + 1`` for the step ``j -> j + 1`` of order ``q``."""
         D_s = past[0]
-        x_t = ddim_data(g, j, x_prev, D_s)
-        B, rhos, rks = _coefficients(g, j, q - 1, True, self.variant, q)
-        res = cast(rhos[..., q - 1], x_prev) * (D_new - D_s)
-        for m in range(q - 1):
-            res = res + cast(rhos[..., m], x_prev) * (past[m + 1] - D_s) / cast(rks[m], x_prev)
-        return x_t - cast(g.alpha[j + 1] * B, x_prev) * res
+        w = _update_weights(g, j, q - 1, True, self.variant)
+        terms = [(w[0], x_prev), (w[1], D_s)]
+        terms += [(w[2 + m], past[m + 1] - D_s) for m in range(q - 1)]
+        terms.append((w[1 + q], D_new - D_s))
+        return lincomb(g, x_prev, terms)
