@@ -16,14 +16,64 @@ Example:
     torch.Size([8])
 """
 
+from smcdiff.ssm.backward import (
+    BACKWARD_SAMPLERS,
+    BackwardSampler,
+    ExactBackward,
+    IMHBackward,
+    RejectionBackward,
+    backward_log_kernel,
+    get_backward_sampler,
+    transition_log_bound,
+)
 from smcdiff.ssm.datasets import lgssm_data, sv_data
+from smcdiff.ssm.exact import (
+    MLEResult,
+    exact_log_likelihood,
+    exact_mle,
+    exact_score,
+    expected_complete_log_likelihood,
+    fisher_score_rts,
+    sample_smoothing_paths,
+)
+from smcdiff.ssm.growth import Growth
 from smcdiff.ssm.kalman import KalmanResult, SmootherResult, kalman_filter, rts_smoother
+from smcdiff.ssm.learning import (
+    FisherScore,
+    LearningResult,
+    ParameterScore,
+    ProposalScore,
+    flatten_params,
+    markov_score_climbing,
+    stochastic_approximation,
+    unflatten_params,
+)
 from smcdiff.ssm.linear_gaussian import LinearGaussian
 from smcdiff.ssm.model import BootstrapFK, GuidedFK, SSMData, StateSpaceModel
+from smcdiff.ssm.ppg import PPGResult, initial_path, ppg, ppg_run, ppg_sweep
+from smcdiff.ssm.smoothing import (
+    Additive,
+    AdditiveFunctional,
+    ffbsi,
+    ffbsm,
+    ffbsm_update,
+    paris,
+    paris_update,
+    weighted_estimate,
+)
 from smcdiff.ssm.stochastic_volatility import StochasticVolatility
 
 __all__ = [
     "BootstrapFK", "GuidedFK", "KalmanResult", "LinearGaussian", "SSMData", "SmootherResult",
     "StateSpaceModel", "StochasticVolatility", "kalman_filter", "lgssm_data", "rts_smoother",
     "sv_data",
+    # smoothing, particle Gibbs and learning
+    "BACKWARD_SAMPLERS", "Additive", "AdditiveFunctional", "BackwardSampler", "ExactBackward",
+    "FisherScore", "Growth", "IMHBackward", "LearningResult", "MLEResult", "PPGResult",
+    "ParameterScore", "ProposalScore", "RejectionBackward", "backward_log_kernel",
+    "exact_log_likelihood", "exact_mle", "exact_score", "expected_complete_log_likelihood",
+    "ffbsi", "ffbsm", "ffbsm_update", "fisher_score_rts", "flatten_params",
+    "get_backward_sampler", "initial_path", "markov_score_climbing", "paris", "paris_update",
+    "ppg", "ppg_run", "ppg_sweep", "sample_smoothing_paths", "stochastic_approximation",
+    "transition_log_bound", "unflatten_params", "weighted_estimate",
 ]
