@@ -90,7 +90,9 @@ def resample_where(
     ``flag`` is the static ``False`` (nothing is drawn then).
     """
     batch = log_w.shape[:-1]
-    if isinstance(flag, torch.Tensor) and flag.device.type == "cpu":
+    if not isinstance(flag, torch.Tensor):
+        flag = bool(flag)
+    elif flag.device.type == "cpu":
         # On the CPU a look at the flags costs nothing and saves the work when all agree;
         # on accelerators the decision stays on the device (no host synchronisation).
         if not bool(flag.any()):
@@ -104,10 +106,10 @@ def resample_where(
         flag_t = torch.ones(batch, dtype=torch.bool, device=log_w.device)
         carried = torch.zeros_like(log_w)
     else:
-        flag_t = torch.as_tensor(flag, device=log_w.device).expand(batch)
-        identity = torch.arange(log_w.shape[-1], device=log_w.device).expand_as(anc)
-        anc = torch.where(flag_t.unsqueeze(-1), anc, identity)
-        carried = torch.where(flag_t.unsqueeze(-1), torch.zeros_like(log_w), log_w)
+        flag_t = flag if flag.shape == batch else flag.expand(batch)
+        keep = flag_t.unsqueeze(-1)
+        anc = torch.where(keep, anc, torch.arange(log_w.shape[-1], device=log_w.device))
+        carried = log_w.masked_fill(keep, 0.0)
     return take_particles(particles, anc), carried, anc, flag_t
 
 
@@ -204,7 +206,9 @@ class SMC:
         """Raise now (check "step", or "auto" on CPU, where looking costs nothing) or record
         the first degenerate step per member for the end-of-run check."""
         if self.check == "step" or (self.check == "auto" and lse.device.type == "cpu"):
-            if not bool(torch.isfinite(lse).all()):
+            # One reduction: the sum is finite exactly when every member's lse is (a
+            # non-finite sum is re-checked element-wise before raising).
+            if not math.isfinite(float(lse.sum())) and not bool(torch.isfinite(lse).all()):
                 raise_if_degenerate(_mark_bad(bad_step, lse, t))
             return bad_step
         if self.check == "off":
