@@ -25,31 +25,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 import smcdiff as sd
 from smcdiff.ssm import LinearGaussian, kalman_filter, lgssm_data
 
 RHO, SIGMA_X, SIGMA_Y = 0.9, 1.0, 1.0
 SIGMA_0 = SIGMA_X / math.sqrt(1 - RHO**2)
-
-
-def timed(fn, repeats: int, sync):
-    """Median wall time of ``fn()`` over ``repeats`` calls, and the first call's result."""
-    times, first = [], None
-    for r in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn(r)
-        sync()
-        times.append(time.perf_counter() - t0)
-        if first is None:
-            first = out
-    return statistics.median(times), first
 
 
 # ----------------------------------------------------------------------------- smcdiff

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import timed
 
 from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
 from smcdiff.ssm.backward import ExactBackward, IMHBackward, RejectionBackward
@@ -40,20 +39,6 @@ from smcdiff.ssm.smoothing import Additive, ffbsm, paris
 
 RHO, SIGMA_X, SIGMA_Y = 0.9, 1.0, 1.0
 SIGMA_0 = SIGMA_X / math.sqrt(1 - RHO**2)
-
-
-def timed(fn, repeats: int, sync):
-    """Median wall time of ``fn(r)`` over ``repeats`` calls, and the first call's result."""
-    times, first = [], None
-    for r in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn(r)
-        sync()
-        times.append(time.perf_counter() - t0)
-        if first is None:
-            first = out
-    return statistics.median(times), first
 
 
 def rmse(est: np.ndarray, truth: float) -> float:

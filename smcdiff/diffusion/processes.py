@@ -176,6 +176,12 @@ def _lam_tensor(lam: Any) -> Tensor:
     raise TypeError(f"lam must be a float or a torch.Tensor, got {type(lam).__name__}")
 
 
+def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+    _check_positive(sigma_min=sigma_min, sigma_max=sigma_max)
+    if sigma_max <= sigma_min:
+        raise ValueError(f"sigma_max ({sigma_max}) must be > sigma_min ({sigma_min})")
+
+
 def _check_positive(**kw: float) -> None:
     for k, v in kw.items():
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -372,9 +378,7 @@ class VE(NoiseProcess):
     name = "ve"
 
     def __post_init__(self) -> None:
-        _check_positive(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max ({self.sigma_max}) must be > sigma_min ({self.sigma_min})")
+        _check_sigma_range(self.sigma_min, self.sigma_max)
 
     @property
     def t_min(self) -> float:
@@ -438,9 +442,7 @@ class EDM(NoiseProcess):
     name = "edm"
 
     def __post_init__(self) -> None:
-        _check_positive(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max ({self.sigma_max}) must be > sigma_min ({self.sigma_min})")
+        _check_sigma_range(self.sigma_min, self.sigma_max)
 
     @property
     def t_min(self) -> float:
