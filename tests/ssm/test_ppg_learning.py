@@ -23,9 +23,18 @@ import math
 
 import pytest
 import torch
+from ar1_learning import (
+    GaussMarkovQ,
+    T,
+    ar1_data,
+    ar1_params,
+    build_ar1,
+    expected_log_q,
+    f64,
+)
 
 from smcdiff.core.csmc import csmc_kernel
-from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
+from smcdiff.ssm import rts_smoother
 from smcdiff.ssm.exact import exact_log_likelihood, exact_mle, fisher_score_rts
 from smcdiff.ssm.learning import (
     FisherScore,
@@ -37,25 +46,10 @@ from smcdiff.ssm.learning import (
 )
 from smcdiff.ssm.ppg import initial_path, ppg_sweep
 
-f64 = torch.float64
-SIGMA_0 = 1 / math.sqrt(1 - 0.81)  # the generating stationary std, held fixed while learning
-T = 50
-
-
-def build_ar1(p):
-    """AR(1) in unconstrained coordinates (rho, log sigma_x, log sigma_y); sigma_0 fixed."""
-    return LinearGaussian.ar1(p["rho"], torch.exp(p["log_sx"]), torch.exp(p["log_sy"]),
-                              sigma_0=SIGMA_0)
-
-
-def ar1_params(rho=0.9, log_sx=0.0, log_sy=0.0):
-    return {k: torch.tensor(v, dtype=f64)
-            for k, v in (("rho", rho), ("log_sx", log_sx), ("log_sy", log_sy))}
-
 
 @pytest.fixture(scope="module")
 def y1():
-    return lgssm_data(1.0, T=T).y  # [T, 1]
+    return ar1_data()  # [T, 1]
 
 
 def chain_errors(per_chain, exact, B):
@@ -115,35 +109,6 @@ def test_sa_mle_with_ppg_score_reaches_exact_mle(y1):
 # ------------------------------------------------- Markov score climbing with CSMC-BS
 
 
-class GaussMarkovQ:
-    """q_phi: x_0 ~ N(mu0, e^{2 ls0}), x_t | x_{t-1} ~ N(a x_{t-1} + b, e^{2 ls})."""
-
-    def __init__(self, p):
-        self.p = p
-
-    def prior(self):
-        p = self.p
-        return torch.distributions.Independent(
-            torch.distributions.Normal(p["mu0"].reshape(1), torch.exp(p["ls0"]).reshape(1)), 1)
-
-    def transition(self, t, x_prev):
-        p = self.p
-        return torch.distributions.Independent(
-            torch.distributions.Normal(p["a"] * x_prev + p["b"], torch.exp(p["ls"]).reshape(1)),
-            1)
-
-
-def expected_log_q(phi, m, P, C):
-    """E_p[log q_phi(X)] in closed form from the smoothing moments (AR(1) regression)."""
-    mu0, ls0, a, b, ls = phi
-    e0 = P[0] + (m[0] - mu0) ** 2
-    out = -0.5 * math.log(2 * math.pi) - ls0 - e0 / (2 * torch.exp(2 * ls0))
-    ex, ey = m[:-1], m[1:]
-    exx, eyy = P[:-1] + ex ** 2, P[1:] + ey ** 2
-    exy = C + ex * ey
-    sq = eyy - 2 * a * exy - 2 * b * ey + a * a * exx + 2 * a * b * ex + b * b
-    n = len(ey)
-    return out + n * (-0.5 * math.log(2 * math.pi) - ls) - sq.sum() / (2 * torch.exp(2 * ls))
 
 
 def test_markov_score_climbing_with_csmc_kernel(y1):
