@@ -14,12 +14,11 @@ k averaged CSMC sweeps); PaRIS gets the same N (1 + k0 + k) particles in one run
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
-from scipy import stats
+from binary_hmm import BinaryHMM, chi2_pvalue, gen, posterior, posterior_draws
 
 from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
 from smcdiff.ssm.backward import IMHBackward, RejectionBackward
@@ -30,62 +29,7 @@ ALPHA = 1e-4
 C = 20_000
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 # ---------------------------------------------------------------- binary HMM (note §6)
-
-
-class BinaryHMM:
-    """x_0 ~ Bernoulli(1/2), P(x_t = x_{t-1}) = 0.8, likelihood table g_t(x); bootstrap
-    Feynman-Kac model with particles ``[*batch, N]`` (scalar event)."""
-
-    T = 3
-    LIK = ((0.9, 0.1), (0.2, 0.8), (0.7, 0.3))
-    STAY = 0.8
-
-    def __init__(self, dtype=torch.float64):
-        self.dtype = dtype
-        self.log_lik = torch.tensor(self.LIK, dtype=dtype).log()
-
-    def M0(self, N, batch_shape, generator):
-        u = torch.rand(*batch_shape, N, generator=generator, dtype=self.dtype)
-        return (u < 0.5).to(self.dtype)
-
-    def M(self, t, x_prev, generator):
-        u = torch.rand(x_prev.shape, generator=generator, dtype=self.dtype)
-        return torch.where(u < self.STAY, x_prev, 1 - x_prev)
-
-    def log_G(self, t, x_prev, x):
-        return self.log_lik[t][x.long()]
-
-    def log_m(self, t, x_prev, x):
-        return torch.where(x_prev == x, math.log(self.STAY),
-                           math.log(1 - self.STAY)).to(self.dtype)
-
-
-def posterior() -> torch.Tensor:
-    p = torch.zeros(8, dtype=torch.float64)
-    for x in itertools.product((0, 1), repeat=3):
-        w = 0.5
-        for t in range(3):
-            w *= BinaryHMM.LIK[t][x[t]]
-            if t:
-                w *= BinaryHMM.STAY if x[t] == x[t - 1] else 1 - BinaryHMM.STAY
-        p[4 * x[0] + 2 * x[1] + x[2]] = w
-    return p / p.sum()
-
-
-def posterior_draws(n: int, seed: int) -> torch.Tensor:
-    codes = torch.multinomial(posterior(), n, replacement=True, generator=gen(seed))
-    return torch.stack([(codes >> 2) & 1, (codes >> 1) & 1, codes & 1]).double()  # [3, n]
-
-
-def chi2_pvalue(paths: torch.Tensor) -> float:
-    x = paths.round().long()
-    counts = torch.bincount(4 * x[0] + 2 * x[1] + x[2], minlength=8).double()
-    return float(stats.chisquare(counts.numpy(), (counts.sum() * posterior()).numpy()).pvalue)
 
 
 # h = number of (x_{t-1}, x_t) = (1, 1) pairs plus x_0, shape [1].
@@ -102,7 +46,7 @@ BACKWARD = {
 @pytest.mark.parametrize("name", list(BACKWARD))
 def test_ppg_sweep_leaves_posterior_invariant(name, K):
     seed = 10 * list(BACKWARD).index(name) + K
-    ref = posterior_draws(C, seed)
+    ref = posterior_draws((C,), seed)
     est, new = ppg_sweep(BinaryHMM(), HMM_H, ref, 3, num_backward=K, backward=BACKWARD[name],
                          batch_shape=(C,), generator=gen(seed + 100))
     assert new.shape == ref.shape and est.shape == (C, 1)
@@ -115,7 +59,7 @@ def test_ppg_sweep_estimate_is_unbiased_at_stationarity():
     codes = torch.arange(8)
     x = torch.stack([(codes >> 2) & 1, (codes >> 1) & 1, codes & 1]).double()
     truth = float((p * (x[0] + x[0] * x[1] + x[1] * x[2])).sum())
-    est, _ = ppg_sweep(BinaryHMM(), HMM_H, posterior_draws(C, 7), 3, batch_shape=(C,),
+    est, _ = ppg_sweep(BinaryHMM(), HMM_H, posterior_draws((C,), 7), 3, batch_shape=(C,),
                        generator=gen(8))
     z = (float(est.mean()) - truth) / (float(est.std()) / math.sqrt(C))
     assert abs(z) < 4
@@ -129,7 +73,7 @@ class _NoStart(IMHBackward):
 
 
 def test_inexact_backward_draws_break_invariance():
-    ref = posterior_draws(C, 50)
+    ref = posterior_draws((C,), 50)
     _, new = ppg_sweep(BinaryHMM(), HMM_H, ref, 3, num_backward=1, backward=_NoStart(),
                        batch_shape=(C,), generator=gen(51))
     assert chi2_pvalue(new) < ALPHA
