@@ -49,6 +49,8 @@ class SMCState(NamedTuple):
         bad_step: ``[*batch]`` first step whose weights were degenerate, ``-1`` if none.
         ess: ``[*batch]`` ESS of ``log_w`` (kept so the next trigger need not recompute it).
         log_sum_w: ``[*batch]`` ``logsumexp(log_w)`` (the next increment's denominator).
+        scaled_w: ``[*batch, N]`` ``exp(log_w - max log_w)``, computed for the ESS and
+            reused by the resampler (one ``exp`` per step, not two); ``None`` if unknown.
     """
 
     t: int
@@ -58,6 +60,7 @@ class SMCState(NamedTuple):
     bad_step: torch.Tensor
     ess: torch.Tensor
     log_sum_w: torch.Tensor
+    scaled_w: torch.Tensor | None = None
 
 
 class StepInfo(NamedTuple):
@@ -82,29 +85,56 @@ def resample_where(
     particles: Particles,
     resampler: Resampler,
     generator: torch.Generator | None,
+    scaled_w: torch.Tensor | None = None,
 ) -> tuple[Particles, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Resample the batch members selected by ``flag``; carry the others unchanged.
 
     Returns ``(particles, carried_log_w, ancestors, flag_tensor)``. ``carried_log_w`` is 0
     where resampled (equal weights) and ``log_w`` elsewhere; ``ancestors`` is ``None`` when
-    ``flag`` is the static ``False`` (nothing is drawn then).
+    ``flag`` is the static ``False`` (nothing is drawn then). ``scaled_w``, if known, is
+    ``exp(log_w - max log_w)`` and spares a built-in scheme that ``exp``.
     """
-    batch = log_w.shape[:-1]
+    x, carried, anc, flag_t = _resample(_static_flag(flag), log_w, particles, resampler,
+                                        generator, scaled_w)
+    return x, torch.zeros_like(log_w) if carried is None else carried, anc, flag_t
+
+
+def _static_flag(flag: bool | torch.Tensor) -> bool | torch.Tensor:
+    """The flag as a Python bool when every batch member agrees and that is free to know.
+
+    On the CPU one look at the flags (a single reduction) costs nothing and saves the
+    work when all agree; on accelerators the decision stays on the device (no host
+    synchronisation) and the tensor is returned as is.
+    """
     if not isinstance(flag, torch.Tensor):
-        flag = bool(flag)
-    elif flag.device.type == "cpu":
-        # On the CPU a look at the flags costs nothing and saves the work when all agree;
-        # on accelerators the decision stays on the device (no host synchronisation).
-        if not bool(flag.any()):
-            flag = False
-        elif bool(flag.all()):
-            flag = True
+        return bool(flag)
+    if flag.device.type != "cpu":
+        return flag
+    n = int(flag.sum())
+    return False if n == 0 else True if n == flag.numel() else flag
+
+
+def _resample(
+    flag: bool | torch.Tensor,
+    log_w: torch.Tensor,
+    particles: Particles,
+    resampler: Resampler,
+    generator: torch.Generator | None,
+    scaled_w: torch.Tensor | None,
+) -> tuple[Particles, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """:func:`resample_where` for a flag already through :func:`_static_flag`; the carried
+    log-weights are ``None`` when every member resampled (all zero)."""
+    batch = log_w.shape[:-1]
     if flag is False:
         return particles, log_w, None, torch.zeros(batch, dtype=torch.bool, device=log_w.device)
-    anc = resampler(log_w, generator=generator)
+    if isinstance(resampler, Resampler):
+        anc = resampler(log_w, generator=generator, scaled_weights=scaled_w)
+    else:  # a user callable with the plain signature
+        anc = resampler(log_w, generator=generator)
+    carried: torch.Tensor | None
     if flag is True:
         flag_t = torch.ones(batch, dtype=torch.bool, device=log_w.device)
-        carried = torch.zeros_like(log_w)
+        carried = None
     else:
         flag_t = flag if flag.shape == batch else flag.expand(batch)
         keep = flag_t.unsqueeze(-1)
@@ -121,17 +151,20 @@ def reweight(carried_log_w: torch.Tensor, log_G: torch.Tensor) -> tuple[torch.Te
     return log_w, inc
 
 
-def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ESS ``(sum w)^2 / sum w^2`` and ``logsumexp(log w)`` from one pass of ``exp``.
+def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ESS ``(sum w)^2 / sum w^2``, ``logsumexp(log w)`` and ``exp(log w - max log w)``,
+    from one pass of ``exp``.
 
     Degenerate weights (all ``-inf``, NaN, ``+inf``) give a non-finite logsumexp, which is
     how the engine detects them.
     """
-    m = torch.amax(log_w, -1, keepdim=True).detach()
+    m = torch.amax(log_w, -1, keepdim=True)
+    if m.requires_grad:  # the max is a shift: the values are exact without its gradient
+        m = m.detach()
     w = torch.exp(log_w - m)
     s1 = w.sum(-1)
-    s2 = (w * w).sum(-1)
-    return s1 * s1 / s2, m.squeeze(-1) + torch.log(s1)
+    s2 = torch.linalg.vecdot(w, w)
+    return s1 * s1 / s2, torch.log(s1).add_(m.squeeze(-1)), w
 
 
 def _check_log_G(log_G: Any, t: int, expected: torch.Size, like: torch.Tensor | None) -> None:
@@ -230,11 +263,11 @@ class SMC:
                 )
         log_G = self.model.log_G(0, None, x)
         _check_log_G(log_G, 0, torch.Size((*batch, N)), leaves[0])
-        ess0, lse = _ess_and_lse(log_G)
+        ess0, lse, scaled = _ess_and_lse(log_G)
         log_z = lse - math.log(N)
         bad = self._track_degenerate(
             torch.full(batch, -1, dtype=torch.long, device=log_G.device), lse, 0)
-        state = SMCState(1, x, log_G, log_z, bad, ess0, lse)
+        state = SMCState(1, x, log_G, log_z, bad, ess0, lse, scaled)
         no = torch.zeros(batch, dtype=torch.bool, device=log_G.device)
         return state, StepInfo(0, None, no, ess0, log_z, log_G)
 
@@ -245,27 +278,27 @@ class SMC:
         t = state.t
         if t >= self.model.T:
             raise ValueError(f"the model has T={self.model.T} steps; step {t} does not exist")
-        flag = self.trigger(t, state.log_w, state.ess)
-        x_prev, carried, anc, flag_t = resample_where(
-            flag, state.log_w, state.particles, self.resampler, generator
+        flag = _static_flag(self.trigger(t, state.log_w, state.ess))
+        x_prev, carried, anc, flag_t = _resample(
+            flag, state.log_w, state.particles, self.resampler, generator, state.scaled_w
         )
-        # logsumexp of the carried weights: log N where resampled, the cached value elsewhere.
-        log_n = math.log(self.num_particles)
-        if flag is True:
-            lse_carried = torch.full_like(state.log_sum_w, log_n)
-        elif flag is False:
-            lse_carried = state.log_sum_w
-        else:
-            lse_carried = torch.where(flag_t, torch.full_like(state.log_sum_w, log_n),
-                                      state.log_sum_w)
         x = self.model.M(t, x_prev, generator)
         log_G = self.model.log_G(t, x_prev, x)
         _check_log_G(log_G, t, state.log_w.shape, state.log_w)
-        log_w = carried + log_G
-        ess_t, lse = _ess_and_lse(log_w)
-        inc = lse - lse_carried
+        # After resampling the carried weights are 0 and their logsumexp is log N.
+        log_n = math.log(self.num_particles)
+        if carried is None:
+            log_w = log_G
+            ess_t, lse, scaled = _ess_and_lse(log_w)
+            inc = lse - log_n
+        else:
+            log_w = carried + log_G
+            ess_t, lse, scaled = _ess_and_lse(log_w)
+            lse_carried = (state.log_sum_w if flag is False
+                           else torch.where(flag_t, log_n, state.log_sum_w))
+            inc = lse - lse_carried
         bad = self._track_degenerate(state.bad_step, lse, t)
-        new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse)
+        new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse, scaled)
         return new, StepInfo(t, anc, flag_t, ess_t, inc, log_G)
 
     def run(

@@ -36,7 +36,9 @@ _BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
 # float64, never drops below M - 1 where C_i = 1 (exact for M < 2^25).
 _SYSTEMATIC_U_MAX = 1.0 - 2.0**-28
 
-SchemeFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+# fn(log_w [B, N], M, uniforms, scaled) -> ancestors [B, M]; ``scaled`` is
+# exp(log_w - max log_w) when the caller already has it (else None).
+SchemeFn = Callable[[torch.Tensor, int, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -49,14 +51,22 @@ def _probs(log_w: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(w, nan=1.0 / log_w.shape[-1])
 
 
-def _cdf(log_w: torch.Tensor) -> torch.Tensor:
+def _scaled(log_w: torch.Tensor, scaled: torch.Tensor | None) -> torch.Tensor:
+    """``exp(log_w - max log_w)`` (in the input dtype: cheap), unless the caller has it."""
+    return torch.exp(log_w - log_w.amax(-1, keepdim=True)) if scaled is None else scaled
+
+
+def _unnormalized_cdf(log_w: torch.Tensor, scaled: torch.Tensor | None) -> torch.Tensor:
+    # Accumulated in float64: exact enough at N = 1e7 even for float32 weights.
+    return torch.cumsum(_scaled(log_w, scaled), dim=-1, dtype=torch.float64)
+
+
+def _cdf(log_w: torch.Tensor, scaled: torch.Tensor | None = None) -> torch.Tensor:
     """Normalized cumulative weights in float64, ``[B, N]``, exactly 1 from the last
     particle of positive weight on (``c / c[-1]`` is exact there). A degenerate row
     (all ``-inf``, NaN) becomes all ones, so every point goes to its first particle: valid
     indices, and the engine reports the row by step."""
-    # exp in the input dtype (cheap), accumulation in float64 (exact enough at N = 1e7).
-    w = torch.exp(log_w - log_w.amax(-1, keepdim=True))
-    c = torch.cumsum(w, dim=-1, dtype=torch.float64)
+    c = _unnormalized_cdf(log_w, scaled)
     return torch.nan_to_num_(c / c[:, -1:], nan=1.0)
 
 
@@ -96,15 +106,15 @@ def _counts_from_cumulative(cum: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- schemes
 
 
-def _multinomial(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
-    return _inverse_cdf(_cdf(log_w), u)
+def _multinomial(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
+    return _inverse_cdf(_cdf(log_w, scaled), u)
 
 
-def _stratified(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
+def _stratified(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
     # Points (k + u_k)/M below C_i: all j = floor(M C_i) strata before C_i's own stratum,
     # plus stratum j's point if u_j < M C_i - j. No search needed; where C_i = 1 this is
     # (M - 1) + [u < 1] = M exactly.
-    MC = M * _cdf(log_w)
+    MC = M * _cdf(log_w, scaled)
     j = torch.floor(MC).clamp_(max=M - 1)
     below = (u.gather(1, j.long()) < MC - j).to(MC.dtype)
     return _ancestors_from_cumulative((j + below).long(), M)
@@ -121,8 +131,16 @@ def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tens
     return _counts_from_cumulative(_systematic_cumulative(cdf, M, u))
 
 
-def _systematic(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
-    return _ancestors_from_cumulative(_systematic_cumulative(_cdf(log_w), M, u), M)
+def _systematic(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
+    # _systematic_cumulative(_cdf(log_w), M, u) with the normalisation folded into one
+    # fused op: M c_i / c_N - u. Where c_i = c_N the quotient is M up to one rounding,
+    # and u <= 1 - 2^-28 keeps its ceiling at M (for M < 2^25), as in the unfused form.
+    c = _unnormalized_cdf(log_w, scaled)
+    neg_u = u.clamp(max=_SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
+    pos = torch.addcdiv(neg_u, c, c[:, -1:], value=M)
+    # A degenerate row (c_N = 0 or NaN) sends every point to the first particle.
+    cum = torch.nan_to_num_(pos, nan=M).ceil_().clamp_(0, M).long()
+    return _ancestors_from_cumulative(cum, M)
 
 
 def _residual_parts(log_w: torch.Tensor, M: int):
@@ -132,7 +150,7 @@ def _residual_parts(log_w: torch.Tensor, M: int):
     return det, resid
 
 
-def _residual(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
+def _residual(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
     det, resid = _residual_parts(log_w, M)
     j = torch.arange(M, device=log_w.device)
     det_cum = torch.cumsum(det, dim=-1)
@@ -142,7 +160,7 @@ def _residual(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
     return torch.where(j < det_cum[:, -1:], fixed, rest)
 
 
-def _ssp(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
+def _ssp(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
     """Pivotal (SSP-type) sampling with a balanced-tree pairing order.
 
     SSP (Gerber, Chopin & Whiteley 2019) is the pivotal method of Deville & Tillé (1998)
@@ -194,14 +212,14 @@ def _ssp(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
     return ancestors_from_counts(counts, M)
 
 
-def _killing(log_w: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
+def _killing(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
     N = log_w.shape[-1]
     if M != N:
         raise ValueError(f"killing resampling keeps particle slots, so needs M == N (got {M}, {N})")
     W = _probs(log_w)
     keep_prob = W / W.max(-1, keepdim=True).values
     keep = u[:, 0] < keep_prob
-    redraw = _inverse_cdf(_cdf(log_w), u[:, 1])
+    redraw = _inverse_cdf(_cdf(log_w, scaled), u[:, 1])
     return torch.where(keep, torch.arange(N, device=log_w.device), redraw)
 
 
@@ -342,7 +360,11 @@ class Resampler:
         *,
         uniforms: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        scaled_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Ancestors ``[*batch, M]``. ``scaled_weights``, if given, must equal
+        ``exp(log_w - max log_w)`` (shape of ``log_w``): a caller that already computed it
+        (the SMC engine does, for the ESS) saves the scheme one ``exp``."""
         log_w = _check_log_w(log_w, self.name)
         batch, N = log_w.shape[:-1], log_w.shape[-1]
         M = N if num_samples is None else int(num_samples)
@@ -364,7 +386,12 @@ class Resampler:
             uniforms = uniforms.to(torch.float64)
         B = batch.numel()
         flat_u = uniforms.reshape(B, *self.uniforms_shape(N, M)) if B else uniforms
-        out = self.fn(log_w.reshape(B, N), M, flat_u)
+        if scaled_weights is not None:
+            if scaled_weights.shape != log_w.shape:
+                raise ValueError(f"{self.name} resampling: scaled_weights must have the shape of "
+                                 f"log_w {tuple(log_w.shape)}, got {tuple(scaled_weights.shape)}")
+            scaled_weights = scaled_weights.reshape(B, N)
+        out = self.fn(log_w.reshape(B, N), M, flat_u, scaled_weights)
         return out.reshape(*batch, M)
 
     def conditional(

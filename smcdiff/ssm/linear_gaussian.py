@@ -341,13 +341,12 @@ def gaussian_log_prob(diff: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """``log N(diff; 0, L L^T)`` for ``diff: [*lead, k]`` and a Cholesky factor ``L [k, k]``
     (a 0-d standard deviation when ``k = 1``)."""
     k = diff.shape[-1]
-    if L.dim() == 0:
-        z2 = (diff[..., 0] / L) ** 2
-        half_logdet = torch.log(L)
-    else:
-        z = torch.linalg.solve_triangular(L, diff.unsqueeze(-1), upper=False).squeeze(-1)
-        z2 = (z * z).sum(-1)
-        half_logdet = torch.log(torch.diagonal(L)).sum()
+    if L.dim() == 0:  # -z^2 / 2 - log L - log(2 pi) / 2 as one fused multiply-add
+        z = diff[..., 0] / L
+        return torch.addcmul(-(torch.log(L) + 0.5 * _LOG_2PI), z, z, value=-0.5)
+    z = torch.linalg.solve_triangular(L, diff.unsqueeze(-1), upper=False).squeeze(-1)
+    z2 = (z * z).sum(-1)
+    half_logdet = torch.log(torch.diagonal(L)).sum()
     return -0.5 * z2 - half_logdet - 0.5 * k * _LOG_2PI
 
 
@@ -369,6 +368,8 @@ class LinearGaussianBootstrap(BootstrapFK):
         A, LQ, _, _ = self.ssm._coefficients()
         eps = torch.randn(x_prev.shape, generator=generator, dtype=x_prev.dtype,
                           device=x_prev.device)
+        if LQ.dim() == 0:  # scalar noise scale: one fused multiply-add
+            return torch.addcmul(_apply(x_prev, A), eps, LQ)
         return _apply(x_prev, A) + _apply(eps, LQ)
 
     def log_G(self, t: int, x_prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:

@@ -187,7 +187,8 @@ class _SSMFeynmanKac:
             raise TypeError(f"ssm must be a StateSpaceModel, got {type(ssm).__name__}")
         self.ssm = ssm
         self.y = _check_observations(ssm, y)
-        self._y_steps = self.y.unsqueeze(-2)  # [*batch_y, T, 1, dy]: y_t is one select
+        # y_t as [*batch_y, 1, dy] views, split once: a list lookup per step, not an index.
+        self._y_steps = self.y.unsqueeze(-2).unbind(-3)
         self.T: int = int(y.shape[-2])
 
     @property
@@ -198,7 +199,7 @@ class _SSMFeynmanKac:
     def y_at(self, t: int) -> torch.Tensor:
         """``y_t`` with a singleton particle axis, ``[*batch_y, 1, dy]``, so that it
         broadcasts against particles ``[*batch, N, d]``."""
-        return self._y_steps[..., t, :, :]
+        return self._y_steps[t]
 
     def _check_batch(self, batch_shape: torch.Size) -> None:
         yb = self.y_batch_shape
