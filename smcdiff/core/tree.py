@@ -65,9 +65,11 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
         E = event.numel()
         idx = index.reshape(B, M)
         flat = leaf.reshape(B, N, E)
-        # A 2-D gather (E == 1) or an index_select of whole event rows is several times
+        # index_select of whole event rows, or a 2-D gather (E == 1), is several times
         # faster on CPU than a gather with an index expanded over the event axes.
-        if E == 1:
+        if B == 1:  # one run: index_select is ~5x faster than a [1, N] gather on CPU
+            out = flat[0].index_select(0, idx[0])
+        elif E == 1:
             out = torch.gather(flat[..., 0], 1, idx)
         else:
             offsets = torch.arange(B, device=idx.device).unsqueeze(-1) * N
