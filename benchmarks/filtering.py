@@ -11,7 +11,8 @@ B = 1000 runs of N = 100 (smcdiff: one batched call; particles: a Python loop ov
 runs; Pyro: ``--pyro-runs`` runs timed and the time extrapolated to B, marked ``*``).
 
 Reported: median wall time over ``--repeats`` (``time.perf_counter``; CUDA synchronised),
-particle-steps per second (``B N T / seconds``), mean over runs of
+particle-steps per second (``B N T / seconds``; smcdiff runs under ``torch.no_grad()``,
+as a user who needs no gradients would), mean over runs of
 ``|log Z_hat - log Z_Kalman|``, and the speed-up over particles (particles time / this
 time; > 1: faster than particles). smcdiff runs once per ``--dtypes`` entry (float64, the
 precision of particles, and float32).
@@ -51,6 +52,7 @@ def make_smcdiff(device: torch.device, dtype: torch.dtype):
     y = lgssm_data(SIGMA_Y).y.to(device=device, dtype=dtype)
     fk = model.bootstrap(y)
 
+    @torch.no_grad()  # a filter, not a differentiable one: no autograd bookkeeping
     def run(N: int, B: int, seed: int) -> np.ndarray:
         g = torch.Generator(device=device).manual_seed(seed)
         res = sd.smc(fk, N, batch_shape=(B,) if B > 1 else (), resampling="systematic",

@@ -21,6 +21,7 @@ NaN) are tracked per batch member and reported with the step that produced them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +29,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from smcdiff.core.feynman_kac import FeynmanKac, check_model, nfe_of_step
+from smcdiff.core.feynman_kac import FeynmanKac, check_model, is_autograd_free, nfe_of_step
 from smcdiff.core.progress import progress_bar
 from smcdiff.core.resampling import Resampler, get_resampler
-from smcdiff.core.tree import Particles, take_particles, tree_leaves
+from smcdiff.core.tree import Particles, take_particles, tree_leaves, tree_map
 from smcdiff.core.triggers import ResamplingTrigger, make_trigger
 from smcdiff.core.weights import DegenerateWeightsError, normalize
 
@@ -348,21 +349,31 @@ class SMC:
                 callback(state, info)
 
         record(state, info)
+        # Under torch.no_grad, with a model that promises not to call autograd and nothing
+        # else seeing the intermediate tensors, skip autograd's per-op bookkeeping as well.
+        no_autograd = (not torch.is_grad_enabled() and is_autograd_free(self.model)
+                       and not collectors and callback is None)
         bar = progress_bar(progress, total=T, desc="smc")
         bar.update(1)
         try:
-            for _ in range(1, T):
-                state, info = self.step(state, generator)
-                ess_list.append(info.ess)
-                flags.append(info.resampled)
-                incs.append(info.log_z_increment)
-                record(state, info)
-                bar.update(1)
+            with torch.inference_mode() if no_autograd else contextlib.nullcontext():
+                for _ in range(1, T):
+                    state, info = self.step(state, generator)
+                    ess_list.append(info.ess)
+                    flags.append(info.resampled)
+                    incs.append(info.log_z_increment)
+                    record(state, info)
+                    bar.update(1)
         finally:
             bar.close()
         if self.check != "off":
             raise_if_degenerate(state.bad_step)
         nfe = sum(nfe_of_step(self.model, t) for t in range(T))
+        if no_autograd:  # hand back ordinary tensors (inference tensors refuse in-place use)
+            state = state._replace(particles=tree_map(torch.clone, state.particles),
+                                   log_w=state.log_w.clone(), log_z=state.log_z.clone())
+            hist = [tree_map(torch.clone, h) for h in hist] if hist and not isinstance(
+                hist[0], torch.Tensor) else hist
         return SMCResult(
             particles=state.particles,
             log_w=state.log_w,

@@ -235,6 +235,10 @@ class BootstrapFK(_SSMFeynmanKac):
         y: ``[T, dy]`` (shared by all batch members) or ``[*batch, T, dy]``.
     """
 
+    # Sampling and densities of the model's laws: no autograd inside a step (the engine may
+    # then run without autograd bookkeeping when no parameter requires grad).
+    autograd_free = True
+
     def M0(
         self, num_particles: int, batch_shape: torch.Size,
         generator: torch.Generator | None,

@@ -168,6 +168,26 @@ def test_init_step_are_pure():
         s1.t = 3  # immutable
 
 
+def test_no_grad_run_equals_the_ordinary_run_and_returns_ordinary_tensors():
+    # Under no_grad an autograd-free model runs its loop in inference mode: same numbers,
+    # and the result is made of tensors that allow in-place use and later autograd.
+    model, y, _ = _lgssm(T=20)
+    fk = model.bootstrap(y)
+    assert fk.autograd_free
+    kwargs = dict(batch_shape=(3,), record_ancestors=True, record_particles=True)
+    ref = sd.smc(fk, 64, generator=torch.Generator().manual_seed(4), **kwargs)
+    with torch.no_grad():
+        fast = sd.smc(fk, 64, generator=torch.Generator().manual_seed(4), **kwargs)
+    for name in ("particles", "log_w", "log_z", "ess", "resampled", "ancestors", "history"):
+        a, b = getattr(ref, name), getattr(fast, name)
+        assert torch.equal(a, b), name
+        assert not b.is_inference(), name
+    fast.particles.add_(1.0)
+    x = torch.ones((), dtype=torch.float64, requires_grad=True)
+    (x * fast.log_z.sum()).backward()
+    assert float(x.grad) == float(ref.log_z.sum())
+
+
 class _Bad:
     T = 4
 
