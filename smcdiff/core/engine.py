@@ -109,7 +109,7 @@ def _static_flag(flag: bool | torch.Tensor) -> bool | torch.Tensor:
     """
     if not isinstance(flag, torch.Tensor):
         return bool(flag)
-    if flag.device.type != "cpu":
+    if not flag.is_cpu:
         return flag
     n = int(flag.sum())
     return False if n == 0 else True if n == flag.numel() else flag
@@ -127,14 +127,14 @@ def _resample(
     log-weights are ``None`` when every member resampled (all zero)."""
     batch = log_w.shape[:-1]
     if flag is False:
-        return particles, log_w, None, torch.zeros(batch, dtype=torch.bool, device=log_w.device)
+        return particles, log_w, None, log_w.new_zeros(batch, dtype=torch.bool)
     if isinstance(resampler, Resampler):
         anc = resampler(log_w, generator=generator, scaled_weights=scaled_w)
     else:  # a user callable with the plain signature
         anc = resampler(log_w, generator=generator)
     carried: torch.Tensor | None
     if flag is True:
-        flag_t = torch.ones(batch, dtype=torch.bool, device=log_w.device)
+        flag_t = log_w.new_ones(batch, dtype=torch.bool)
         carried = None
     else:
         flag_t = flag if flag.shape == batch else flag.expand(batch)
@@ -239,7 +239,7 @@ class SMC:
     def _track_degenerate(self, bad_step: torch.Tensor, lse: torch.Tensor, t: int) -> torch.Tensor:
         """Raise now (check "step", or "auto" on CPU, where looking costs nothing) or record
         the first degenerate step per member for the end-of-run check."""
-        if self.check == "step" or (self.check == "auto" and lse.device.type == "cpu"):
+        if self.check == "step" or (self.check == "auto" and lse.is_cpu):
             # One reduction: the sum is finite exactly when every member's lse is (a
             # non-finite sum is re-checked element-wise before raising).
             if not math.isfinite(float(lse.sum())) and not bool(torch.isfinite(lse).all()):

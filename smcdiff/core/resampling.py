@@ -347,11 +347,13 @@ class Resampler:
 
     def uniforms_shape(self, num_particles: int, num_samples: int | None = None) -> tuple[int, ...]:
         M = num_particles if num_samples is None else num_samples
-        return {
-            "systematic": (),
-            "ssp": (max(num_particles - 1, 0),),
-            "killing": (2, num_particles),
-        }.get(self.name, (M,))
+        if self.name == "systematic":
+            return ()
+        if self.name == "ssp":
+            return (max(num_particles - 1, 0),)
+        if self.name == "killing":
+            return (2, num_particles)
+        return (M,)
 
     def __call__(
         self,
@@ -370,7 +372,8 @@ class Resampler:
         M = N if num_samples is None else int(num_samples)
         if M < 1:
             raise ValueError(f"{self.name} resampling: num_samples must be >= 1, got {M}")
-        ushape = (*batch, *self.uniforms_shape(N, M))
+        per_run = self.uniforms_shape(N, M)
+        ushape = (*batch, *per_run)
         if uniforms is None:
             uniforms = torch.rand(ushape, generator=generator, dtype=torch.float64,
                                   device=log_w.device)
@@ -385,7 +388,7 @@ class Resampler:
                                  f"log_w on {log_w.device}")
             uniforms = uniforms.to(torch.float64)
         B = batch.numel()
-        flat_u = uniforms.reshape(B, *self.uniforms_shape(N, M)) if B else uniforms
+        flat_u = uniforms.reshape(B, *per_run) if B else uniforms
         if scaled_weights is not None:
             if scaled_weights.shape != log_w.shape:
                 raise ValueError(f"{self.name} resampling: scaled_weights must have the shape of "

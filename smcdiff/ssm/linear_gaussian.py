@@ -343,7 +343,7 @@ def gaussian_log_prob(diff: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     k = diff.shape[-1]
     if L.dim() == 0:  # -z^2 / 2 - log L - log(2 pi) / 2 as one fused multiply-add
         z = diff[..., 0] / L
-        return torch.addcmul(-(torch.log(L) + 0.5 * _LOG_2PI), z, z, value=-0.5)
+        return torch.addcmul(torch.log(L).add_(0.5 * _LOG_2PI).neg_(), z, z, value=-0.5)
     z = torch.linalg.solve_triangular(L, diff.unsqueeze(-1), upper=False).squeeze(-1)
     z2 = (z * z).sum(-1)
     half_logdet = torch.log(torch.diagonal(L)).sum()
