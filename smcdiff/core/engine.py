@@ -111,7 +111,7 @@ def _static_flag(flag: bool | torch.Tensor) -> bool | torch.Tensor:
         return bool(flag)
     if not flag.is_cpu:
         return flag
-    n = int(flag.sum())
+    n = int(torch.count_nonzero(flag))
     return False if n == 0 else True if n == flag.numel() else flag
 
 
@@ -296,7 +296,7 @@ class SMC:
             log_w = carried + log_G
             ess_t, lse, scaled = _ess_and_lse(log_w)
             lse_carried = (state.log_sum_w if flag is False
-                           else torch.where(flag_t, log_n, state.log_sum_w))
+                           else state.log_sum_w.masked_fill(flag_t, log_n))
             inc = lse - lse_carried
         bad = self._track_degenerate(state.bad_step, lse, t)
         new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse, scaled)
