@@ -12,7 +12,9 @@ Both libraries run a bootstrap filter with multinomial resampling at every step
   (``particles.collectors.Paris(Nparis=K)``; smcdiff ``paris(backward=RejectionBackward(
   max_trials=N))`` and with the default adaptive ``max_trials``);
 - the O(N^2) forward smoother (``particles.collectors.Online_smooth_ON2``; smcdiff
-  ``ffbsm``).
+  ``ffbsm``). On this model smcdiff computes the backward logits in closed form
+  (``smcdiff.ssm.backward.row_logits``: one multiply-add per pair); ``ffbsm(generic log_m)``
+  runs the same smoother through the model's all-pairs ``log_m``, the path of any other model.
 
 smcdiff also runs the GPU-friendly samplers (IMH, exact chunked) at N up to 1e4.
 Reported: median wall time of one run over ``--repeats`` (``time.perf_counter``, CUDA
@@ -35,6 +37,7 @@ from timing import timed
 
 from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
 from smcdiff.ssm.backward import ExactBackward, IMHBackward, RejectionBackward
+from smcdiff.ssm.linear_gaussian import LinearGaussianBootstrap
 from smcdiff.ssm.smoothing import Additive, ffbsm, paris
 
 RHO, SIGMA_X, SIGMA_Y = 0.9, 1.0, 1.0
@@ -50,17 +53,27 @@ def rmse(est: np.ndarray, truth: float) -> float:
 H = Additive(lambda t, xp, x: xp * x, lambda x0: torch.zeros_like(x0))  # shape [1]
 
 
+class GenericLogM(LinearGaussianBootstrap):
+    """The same model with ``log_m`` overridden, so the O(N^2) kernels take the generic path."""
+
+    def log_m(self, t, x_prev, x):
+        return super().log_m(t, x_prev, x)
+
+
 def make_smcdiff(T: int, device: torch.device, dtype=torch.float64):
     params = [torch.tensor(v, dtype=dtype, device=device) for v in (RHO, SIGMA_X, SIGMA_Y)]
     model = LinearGaussian.ar1(*params)
     y = lgssm_data(SIGMA_Y, T=T).y.to(device=device, dtype=dtype)
     fk = model.bootstrap(y)
+    fk_generic = GenericLogM(model, y)
 
+    @torch.no_grad()  # no parameter needs a gradient here (as benchmarks/filtering.py)
     def run(method: str, N: int, K: int, B: int, seed: int) -> np.ndarray:
         g = torch.Generator(device=device).manual_seed(seed)
         batch = (B,) if B > 1 else ()
-        if method == "ffbsm":
-            est = ffbsm(fk, H, N, batch_shape=batch, generator=g)
+        if method in ("ffbsm", "ffbsm(generic log_m)"):
+            model = fk if method == "ffbsm" else fk_generic
+            est = ffbsm(model, H, N, batch_shape=batch, generator=g)
         else:
             sampler = {
                 "paris-rejection(N)": lambda: RejectionBackward(max_trials=N),
@@ -178,7 +191,7 @@ def main() -> None:
           "speed-up (batched) |")
     print("|---|---|---|---|---|---|---|---|---|")
     pairs = [("paris", ["paris-rejection(N)", "paris-rejection", "paris-imh"]),
-             ("on2", ["ffbsm"])]
+             ("on2", ["ffbsm", "ffbsm(generic log_m)"])]
     for N in peer_Ns:
         for peer_method, our_methods in pairs:
             if peer is not None:

@@ -242,7 +242,7 @@ class SMC:
         if self.check == "step" or (self.check == "auto" and lse.is_cpu):
             # One reduction: the sum is finite exactly when every member's lse is (a
             # non-finite sum is re-checked element-wise before raising).
-            if not math.isfinite(float(lse.sum())) and not bool(torch.isfinite(lse).all()):
+            if not math.isfinite(float(lse.detach().sum())) and not bool(torch.isfinite(lse).all()):
                 raise_if_degenerate(_mark_bad(bad_step, lse, t))
             return bad_step
         if self.check == "off":

@@ -14,6 +14,11 @@ algorithms", compare them):
 
 - :class:`ExactBackward`: all ``M x N`` logits ``log w^j + log m(xi^j, x^i)``, inverse-CDF
   draws; ``O(MN)`` time, memory bounded by chunking the rows. The reference.
+
+The ``O(MN)`` logits come from :func:`row_logits` (one all-pairs ``log_m`` call, or a
+closed form with one multiply-add per pair for a linear Gaussian transition) and
+:func:`exp_rows_` turns them into the kernel up to a factor per row; the forward smoother
+:func:`smcdiff.ssm.smoothing.ffbsm` uses both.
 - :class:`IMHBackward`: independent Metropolis-Hastings (Dau & Chopin 2022, §3.3) started at
   the filter ancestor ``A^i`` of row ``i``; proposals ``j' ~ Cat(W_{t-1})`` iid and unsorted,
   accepted with probability ``min(1, m(xi^{j'}, x^i) / m(xi^j, x^i))``. The chain leaves
@@ -42,6 +47,7 @@ not a diffusion time). ``model.log_m`` must broadcast over leading axes like a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,8 +58,8 @@ from smcdiff.core.tree import take_particles
 
 __all__ = [
     "BACKWARD_SAMPLERS", "BackwardSampler", "ExactBackward", "IMHBackward",
-    "RejectionBackward", "backward_log_kernel", "get_backward_sampler",
-    "transition_log_bound",
+    "RejectionBackward", "backward_log_kernel", "exp_rows_",
+    "gaussian_transition", "get_backward_sampler", "row_logits", "transition_log_bound",
 ]
 
 # Default number of logits (rows x particles x batch) held at once by the O(N^2) methods:
@@ -65,6 +71,9 @@ _CHUNK_ELEMENTS_DEFAULT = 1 << 24
 # (about the fixed overhead of one round).
 _FALLBACK_PAIRS = 1 << 16
 _ROUND_PAIRS = 1 << 14
+# Accept-reject: trials per round spread over the pending draws (``R = max(1, 2^12 / P)``), so a
+# round with few pending draws costs about its fixed overhead instead of much less.
+_ROUND_TRIALS = 1 << 12
 
 
 @runtime_checkable
@@ -139,6 +148,81 @@ def backward_log_kernel(model: Any, t: int, x_prev: torch.Tensor, log_w_prev: to
     return logits
 
 
+def gaussian_transition(model: Any, t: int):
+    """``(A, b, L)`` with ``m_t(x', x) = N(x; A x' + b, L L^T)`` if ``model`` declares its
+    transition as affine Gaussian (a ``gaussian_transition(t)`` method), else ``None``.
+
+    ``A: [d, d]``, ``b: [d]`` or ``None``, ``L: [d, d]`` lower-triangular. A model that
+    declares it must keep its ``log_m`` equal to this law (the smoothers use either).
+    """
+    fn = getattr(model, "gaussian_transition", None)
+    return fn(t) if callable(fn) else None
+
+
+def row_logits(model: Any, t: int, x_prev: torch.Tensor,
+               log_w_prev: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Backward-kernel logits up to a constant per row, as a function of the rows.
+
+    Returns ``f(x, out=None) -> [*batch, M, N]`` with ``f(x)_ij = log w_{t-1}^j +
+    log m_t(xi_{t-1}^j, x^i) - r_i`` for some ``r_i`` that does not depend on ``j`` (so
+    ``Lambda_t(i, .) = softmax_j f(x)_i.``), for rows ``x: [*batch, M, *event]``; the work
+    that depends only on step ``t-1`` is done once, here. ``out`` (a ``[*batch, M, N]``
+    buffer) is used unless autograd needs a fresh tensor (or the dtypes differ).
+
+    Generic models: ``r_i = 0``, one all-pairs ``model.log_m`` call. Models that declare an
+    affine Gaussian transition ``m_t(x', x) = N(x; A x' + b, L L^T)`` (see
+    :func:`gaussian_transition`): with ``p_i = L^{-1} x^i`` and
+    ``q_j = L^{-1} (A xi_{t-1}^j + b)``, ``log m_t = -|p_i - q_j|^2 / 2 + const``, so taking
+    ``r_i = -|p_i|^2 / 2 + const`` leaves ``log w^j - |q_j|^2 / 2 + p_i . q_j``: one fused
+    multiply-add (a matrix product for ``d > 1``) per pair instead of the model's passes.
+    """
+    nb = log_w_prev.dim() - 1
+    factors = gaussian_transition(model, t)
+    if factors is None:
+        xp, lw = x_prev.unsqueeze(nb), log_w_prev.unsqueeze(-2)
+
+        def generic(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            lm = model.log_m(t, xp, x.unsqueeze(nb + 1))
+            if out is None or lm.requires_grad or lw.requires_grad or \
+                    torch.result_type(lm, lw) != out.dtype:
+                return lm + lw
+            return torch.add(lm, lw, out=out)
+
+        return generic
+    A, b_off, L = factors
+    eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+    L_inv = torch.linalg.solve_triangular(L, eye, upper=False)
+    mean = x_prev @ A.mT if b_off is None else x_prev @ A.mT + b_off
+    q = mean @ L_inv.mT  # [*batch, N, d]
+    b = (log_w_prev - 0.5 * (q * q).sum(-1)).unsqueeze(-2)  # [*batch, 1, N]
+    q_t = q.mT  # [*batch, d, N]
+
+    def gaussian(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        p = x @ L_inv.mT  # [*batch, M, d]
+        if out is not None and (p.requires_grad or b.requires_grad or
+                                torch.result_type(p, b) != out.dtype):
+            out = None
+        if p.shape[-1] == 1:  # an outer product: one fused pass
+            return torch.addcmul(b, p, q_t, out=out) if out is not None else \
+                torch.addcmul(b, p, q_t)
+        return torch.add(b, p @ q_t, out=out) if out is not None else b + p @ q_t
+
+    return gaussian
+
+
+def exp_rows_(logits: torch.Tensor) -> torch.Tensor:
+    """``exp(l_ij - max_k l_ik)`` in place: the backward kernel up to a factor per row.
+
+    For logits ``l`` of :func:`row_logits`, ``e_ij = c_i Lambda_t(i, j)`` with ``max_j e_ij
+    = 1``, and ``Lambda_t(i, j) = e_ij / sum_k e_ik``. Subtracting the row maximum keeps
+    ``exp`` finite; working in place keeps one ``[M, N]`` buffer and one ``exp`` per pair
+    (callers normalise once per row, after their sums over ``j``). The maximum is a constant
+    per row that cancels in ``Lambda_t``, so autograd need not see it.
+    """
+    logits -= logits.detach().amax(-1, keepdim=True)
+    return logits.exp_()
+
+
 def _row_chunk(chunk_size: int | None, batch_numel: int, M: int, N: int,
                device: torch.device) -> int:
     if chunk_size is not None:
@@ -183,9 +267,9 @@ class ExactBackward:
     """Exact draws from ``Lambda_t(i, .)`` by inverse CDF over all ``N`` logits per row.
 
     ``O(M N)`` evaluations of ``log m`` per step (Douc et al. 2011; Olsson & Westerborn 2017,
-    the "exact" PaRIS variant); rows are processed in chunks of ``chunk_size`` (default:
-    about 64K logits at once on a CPU, to stay in cache, 16M on an accelerator) to bound
-    memory. ``ancestors`` are ignored.
+    the "exact" PaRIS variant; logits by :func:`row_logits`); rows are processed in chunks
+    of ``chunk_size`` (default: about 64K logits at once on a CPU, to stay in cache, 16M on
+    an accelerator) to bound memory. ``ancestors`` are ignored.
     """
 
     chunk_size: int | None = None
@@ -196,11 +280,11 @@ class ExactBackward:
         nb = _check(model, x_prev, log_w_prev, x, num_draws, ancestors)
         M, N = x.shape[nb], x_prev.shape[nb]
         c = _row_chunk(self.chunk_size, log_w_prev.shape[:-1].numel(), M, N, x.device)
+        logits_of = row_logits(model, t, x_prev, log_w_prev)  # row constants: no effect
         out = []
         for s in range(0, M, c):
             rows = x.narrow(nb, s, min(c, M - s))
-            logits = backward_log_kernel(model, t, x_prev, log_w_prev, rows, normalize=False)
-            out.append(multinomial(logits, num_draws, generator=generator))
+            out.append(multinomial(logits_of(rows), num_draws, generator=generator))
         return out[0] if len(out) == 1 else torch.cat(out, dim=nb)
 
 
@@ -255,10 +339,10 @@ class IMHBackward:
 class RejectionBackward:
     """Accept-reject backward draws with an exact fallback (Douc et al. 2011; Dau & Chopin 2022).
 
-    Round ``r = 1 .. max_trials``: every pending draw proposes ``j ~ Cat(W_{t-1})`` and is
+    Trial ``r = 1 .. max_trials``: every pending draw proposes ``j ~ Cat(W_{t-1})`` and is
     accepted with probability ``m_t(xi^j, x^i) / exp(bound)``, where ``bound >= log m_t``
     comes from ``log_m_bound(t)`` (argument), else ``model.log_m_bound(t)``, else
-    :func:`transition_log_bound`. Draws still pending after ``max_trials`` rounds are drawn
+    :func:`transition_log_bound`. Draws still pending after ``max_trials`` trials are drawn
     exactly over all ``N`` particles (one vectorised ``O(P N)`` pass for ``P`` pending draws).
     ``max_trials=N`` is the rule of ``particles.collectors.Paris``. The default ``None`` is
     adaptive: rounds go on (at most ``N``) while the fallback would cost more than about 64K
@@ -269,9 +353,12 @@ class RejectionBackward:
     ``max_trials``; only the cost does.
 
     Each round touches only the pending draws (one host synchronisation per round, to
-    compact them); the fallback evaluates ``log m`` on ``[P, N]`` pairs, where ``P`` is the
-    number of pending draws, so it assumes ``log_m`` does not depend on the batch member
-    (true for one model shared by the batch).
+    compact them) and gives each of the ``P`` pending draws ``R = max(1, 2^12 / P)`` trials at
+    once (fewer if fewer are left), keeping the first accepted one: the same law as ``R``
+    sequential rounds, but a handful of hard draws (``x^i`` far from the filter's mass, where
+    the acceptance rate is tiny) take a few vectorised rounds instead of up to ``max_trials``.
+    The fallback evaluates ``log m`` on ``[P, N]`` pairs, so it assumes ``log_m`` does not
+    depend on the batch member (true for one model shared by the batch).
     """
 
     max_trials: int | None = None
@@ -309,21 +396,26 @@ class RejectionBackward:
         out = torch.zeros(B * L, dtype=torch.long, device=dev)
         pending = torch.arange(B * L, device=dev)
         adaptive = self.max_trials is None
-        max_trials = N if adaptive else self.max_trials
-        for _ in range(max_trials):
-            if pending.numel() == 0 or (adaptive and pending.numel() * N <= _FALLBACK_PAIRS):
+        trials_left = N if adaptive else self.max_trials
+        while pending.numel() and trials_left:
+            P = pending.numel()
+            if adaptive and P * N <= _FALLBACK_PAIRS:
                 break
-            b = torch.div(pending, L, rounding_mode="floor")
-            u = torch.rand(pending.shape, generator=generator, dtype=torch.float64, device=dev)
+            R = min(trials_left, max(1, _ROUND_TRIALS // P))
+            b = torch.div(pending, L, rounding_mode="floor").unsqueeze(-1)  # [P, 1]
+            u = torch.rand((P, R), generator=generator, dtype=torch.float64, device=dev)
             pts = (b.to(torch.float64) + u.clamp(max=1.0 - 2.0**-53)).contiguous()
-            g = torch.searchsorted(cdf, pts, right=True)
-            j = (g - b * N).clamp_(0, N - 1)
-            lm = model.log_m(t, xp[b, j], xr[pending])
-            v = torch.rand(pending.shape, generator=generator, dtype=lm.dtype, device=dev)
+            j = (torch.searchsorted(cdf, pts, right=True) - b * N).clamp_(0, N - 1)  # [P, R]
+            lm = model.log_m(t, xp[b, j], xr[pending].unsqueeze(1))  # [P, R]
+            v = torch.rand((P, R), generator=generator, dtype=lm.dtype, device=dev)
             acc = torch.log(v) < lm - bound
-            out[pending[acc]] = j[acc]
-            pending = pending[~acc]
-            if adaptive and int(acc.sum()) * N < _ROUND_PAIRS:
+            # the first accepted trial of each draw, as if the R trials were sequential rounds
+            hit = acc.any(-1)
+            first = acc.to(torch.uint8).argmax(-1, keepdim=True)
+            out[pending[hit]] = j.gather(-1, first)[hit, 0]
+            pending = pending[~hit]
+            trials_left -= R
+            if adaptive and int(hit.sum()) * N < _ROUND_PAIRS:
                 break  # the last round gained less than a round costs: fall back
         if pending.numel():  # exact fallback, chunked over the pending draws
             c = _row_chunk(None, 1, pending.numel(), N, dev)

@@ -379,3 +379,11 @@ class LinearGaussianBootstrap(BootstrapFK):
     def log_m(self, t: int, x_prev: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         A, LQ, _, _ = self.ssm._coefficients()
         return gaussian_log_prob(x - _apply(x_prev, A), LQ)
+
+    def gaussian_transition(self, t: int) -> tuple[torch.Tensor, None, torch.Tensor]:
+        """``(A, None, chol Q)``: ``m_t(x', x) = N(x; A x', Q)`` declared as affine Gaussian,
+        which lets the backward samplers and FFBSm use a closed-form kernel
+        (:func:`smcdiff.ssm.backward.row_logits`). A subclass that changes ``log_m`` must
+        change or remove this too."""
+        # cholesky_ex: no error check, hence no host sync on an accelerator (Q was validated)
+        return self.ssm.A, None, torch.linalg.cholesky_ex(self.ssm.Q).L

@@ -167,6 +167,10 @@ SAMPLERS = {
     "rejection": RejectionBackward(),
     "rejection-fallback-only": RejectionBackward(max_trials=0),
     "hybrid": RejectionBackward(max_trials=1),
+    "rejection-N": RejectionBackward(max_trials=6),  # particles' rule max_trials = N
+    # a loose bound (acceptance / 20): many draws pending, so rounds of several trials each
+    "rejection-loose-bound": RejectionBackward(
+        max_trials=200, log_m_bound=float(transition_log_bound(FK, 1)) + 3.0),
 }
 
 
