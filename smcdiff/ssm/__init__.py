@@ -61,11 +61,16 @@ from smcdiff.ssm.smoothing import (
     paris_update,
     weighted_estimate,
 )
-from smcdiff.ssm.stochastic_volatility import StochasticVolatility
+from smcdiff.ssm.stochastic_volatility import (
+    StochasticVolatility,
+    StochasticVolatilityBootstrap,
+    StochasticVolatilityScore,
+)
 
 __all__ = [
     "BootstrapFK", "GuidedFK", "KalmanResult", "LinearGaussian", "SSMData", "SmootherResult",
-    "StateSpaceModel", "StochasticVolatility", "kalman_filter", "lgssm_data", "rts_smoother",
+    "StateSpaceModel", "StochasticVolatility", "StochasticVolatilityBootstrap",
+    "StochasticVolatilityScore", "kalman_filter", "lgssm_data", "rts_smoother",
     "sv_data",
     # smoothing, particle Gibbs and learning
     "BACKWARD_SAMPLERS", "Additive", "AdditiveFunctional", "BackwardSampler", "ExactBackward",
