@@ -10,10 +10,11 @@ Cases: one run at N in {1e2, 1e3, 1e4, 1e5}; B = 64 independent runs of N = 256 
 B = 1000 runs of N = 100 (smcdiff: one batched call; particles: a Python loop over the B
 runs; Pyro: ``--pyro-runs`` runs timed and the time extrapolated to B, marked ``*``).
 
-Reported: median wall time over ``--repeats`` (``time.perf_counter``; CUDA synchronised),
+Reported: median wall time over ``--repeats`` rounds in which every contender runs once
+(interleaved, so load changes hit all alike; ``time.perf_counter``; CUDA synchronised),
 particle-steps per second (``B N T / seconds``; smcdiff runs under ``torch.no_grad()``,
-as a user who needs no gradients would), mean over runs of
-``|log Z_hat - log Z_Kalman|``, and the speed-up over particles (particles time / this
+as a user who needs no gradients would), mean over runs and rounds
+of ``|log Z_hat - log Z_Kalman|``, and the speed-up over particles (particles time / this
 time; > 1: faster than particles). smcdiff runs once per ``--dtypes`` entry (float64, the
 precision of particles, and float32).
 Pyro's ``SMCFilter`` returns no log-evidence: its error is NaN. particles and Pyro run on the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 
 import numpy as np
 import torch
@@ -182,24 +184,38 @@ def main() -> None:
     rows, failures = [], []
     for kind, N, B in cases:
         label = f"N={N}" if kind == "single" else f"B={B} x N={N}"
+        # The contenders of one case are timed in interleaved rounds (one call each per
+        # round), so that a change of load on a shared machine hits all of them alike.
+        active = {name: lib for name, lib in libs.items()
+                  if N * B < 10_000_000 or name.startswith("smcdiff")}  # peers: minutes here
+        times: dict[str, list[float]] = {name: [] for name in active}
+        errors: dict[str, list[float]] = {name: [] for name in active}
+        failed: dict[str, str] = {}
+        for r in range(args.repeats):
+            for name, (run, s, _) in active.items():
+                if name in failed:
+                    continue
+                B_run = min(B, args.pyro_runs) if name == "pyro" else B
+                try:
+                    seconds, lz = timed(lambda _r, run=run, N=N, B_run=B_run, r=r:
+                                        run(N, B_run, args.seed + 1000 * r), 1, s)
+                except Exception as exc:  # a peer failing is a result, not a reason to stop
+                    if name.startswith("smcdiff"):
+                        raise
+                    failed[name] = f"{type(exc).__name__}: {exc}"
+                    continue
+                times[name].append(seconds * B / B_run)
+                errors[name].extend(np.abs(lz - log_z).tolist())
         case_rows = []
-        for name, (run, s, dev) in libs.items():
-            if N * B >= 10_000_000 and not name.startswith("smcdiff"):
-                continue  # the peers would take minutes per run here
-            B_run = min(B, args.pyro_runs) if name == "pyro" else B
-            try:
-                seconds, lz = timed(lambda r, run=run, N=N, B_run=B_run:
-                                    run(N, B_run, args.seed + 1000 * r), args.repeats, s)
-            except Exception as exc:  # a peer failing is a result, not a reason to stop
-                if name.startswith("smcdiff"):
-                    raise
-                failures.append(f"{name} at {label}: {type(exc).__name__}: {exc}")
+        for name, (_, _, dev) in active.items():
+            if name in failed:
+                failures.append(f"{name} at {label}: {failed[name]}")
                 case_rows.append([label, name, dev, "failed", math.nan, math.nan, math.nan])
                 continue
-            seconds *= B / B_run
-            err = float(np.mean(np.abs(lz - log_z)))
+            B_run = min(B, args.pyro_runs) if name == "pyro" else B
+            seconds = statistics.median(times[name])
             case_rows.append([label, name, dev, f"{B_run}/{B}" + ("*" if B_run < B else ""),
-                              seconds, B * N * T / seconds, err])
+                              seconds, B * N * T / seconds, float(np.mean(errors[name]))])
         base = next((r[4] for r in case_rows if r[1] == "particles"), math.nan)
         rows += [(*r, base / r[4]) for r in case_rows]
 
@@ -209,7 +225,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__} ({torch.get_num_threads()} CPU threads), "
           f"particles {version('particles')}, pyro-ppl {version('pyro-ppl')}; "
-          f"median of {args.repeats} repeats; Kalman log Z = {log_z:.6f}\n")
+          f"median of {args.repeats} interleaved rounds; Kalman log Z = {log_z:.6f}\n")
     print("| case | library | device | runs timed | seconds | particle-steps/s "
           "| mean abs log Z err | speed-up over particles (particles time / this time) |")
     print("|---|---|---|---|---:|---:|---:|---:|")

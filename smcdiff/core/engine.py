@@ -164,8 +164,8 @@ def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         m = m.detach()
     w = torch.exp(log_w - m)
     s1 = w.sum(-1)
-    s2 = torch.linalg.vecdot(w, w)
-    return s1 * s1 / s2, torch.log(s1).add_(m.squeeze(-1)), w
+    ess = torch.div(s1, torch.linalg.vector_norm(w, dim=-1)).square_()  # (sum w)^2 / sum w^2
+    return ess, torch.log(s1).add_(m.squeeze(-1)), w
 
 
 def _check_log_G(log_G: Any, t: int, expected: torch.Size, like: torch.Tensor | None) -> None:
@@ -242,7 +242,8 @@ class SMC:
         if self.check == "step" or (self.check == "auto" and lse.is_cpu):
             # One reduction: the sum is finite exactly when every member's lse is (a
             # non-finite sum is re-checked element-wise before raising).
-            if not math.isfinite(float(lse.detach().sum())) and not bool(torch.isfinite(lse).all()):
+            total = float((lse.detach() if lse.requires_grad else lse).sum())
+            if not math.isfinite(total) and not bool(torch.isfinite(lse).all()):
                 raise_if_degenerate(_mark_bad(bad_step, lse, t))
             return bad_step
         if self.check == "off":

@@ -387,12 +387,14 @@ class Resampler:
                 raise ValueError(f"{self.name} resampling: uniforms on {uniforms.device}, "
                                  f"log_w on {log_w.device}")
             uniforms = uniforms.to(torch.float64)
+        if scaled_weights is not None and scaled_weights.shape != log_w.shape:
+            raise ValueError(f"{self.name} resampling: scaled_weights must have the shape of "
+                             f"log_w {tuple(log_w.shape)}, got {tuple(scaled_weights.shape)}")
+        if len(batch) == 1:  # already [B, N]: the schemes' layout
+            return self.fn(log_w, M, uniforms, scaled_weights)
         B = batch.numel()
         flat_u = uniforms.reshape(B, *per_run) if B else uniforms
         if scaled_weights is not None:
-            if scaled_weights.shape != log_w.shape:
-                raise ValueError(f"{self.name} resampling: scaled_weights must have the shape of "
-                                 f"log_w {tuple(log_w.shape)}, got {tuple(scaled_weights.shape)}")
             scaled_weights = scaled_weights.reshape(B, N)
         out = self.fn(log_w.reshape(B, N), M, flat_u, scaled_weights)
         return out.reshape(*batch, M)

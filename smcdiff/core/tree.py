@@ -63,8 +63,9 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
             leaf = leaf.expand(*lead, *leaf.shape[batch_ndim:])
         N, event = leaf.shape[batch_ndim], leaf.shape[batch_ndim + 1:]
         E = event.numel()
-        idx = index.reshape(B, M)
-        flat = leaf.reshape(B, N, E)
+        # (reshapes skipped when the layout already is [B, M] / [B, N, E]: each is a dispatch)
+        idx = index if batch_ndim == 1 else index.reshape(B, M)
+        flat = leaf if batch_ndim == 1 and leaf.dim() == 3 else leaf.reshape(B, N, E)
         # index_select of whole event rows, or a 2-D gather (E == 1), is several times
         # faster on CPU than a gather with an index expanded over the event axes.
         if B == 1:  # one run: index_select is ~5x faster than a [1, N] gather on CPU
@@ -74,7 +75,8 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
         else:
             offsets = torch.arange(B, device=idx.device).unsqueeze(-1) * N
             out = flat.reshape(B * N, E).index_select(0, (idx + offsets).reshape(-1))
-        return out.reshape(*lead, M, *event)
+        target = (*lead, M, *event)
+        return out if out.shape == target else out.reshape(target)
 
     return tree_map(gather, tree)
 
