@@ -94,3 +94,13 @@ def test_reward_steering(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) 
     assert res["best-of-N"]["log_z"] is None
     assert math.isfinite(res["FK steering"]["log_z"]) and math.isfinite(res["TDS"]["log_z"])
     assert "best-of-N" in capsys.readouterr().out
+
+
+def test_ssm_learning(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "trace.png"
+    res = load("ssm_learning").main(
+        ["--iters", "6", "--particles", "32", "--runs", "1", "--T", "30", "--out", str(out)])
+    assert out.is_file()
+    assert res.theta.shape == (7, 3) and torch.isfinite(res.theta).all()
+    assert all(torch.isfinite(v).all() for v in res.averaged.values())
+    assert "Polyak average" in capsys.readouterr().out
