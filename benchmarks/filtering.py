@@ -6,6 +6,10 @@ Model (particle-smoothing note, section 6): ``X_0 ~ N(0, sigma_0^2)``,
 library runs the bootstrap filter with systematic resampling when ESS < N / 2 (the default
 of ``particles``; ``pyro.infer.SMCFilter`` uses the same rule and systematic resampling).
 
+A fourth contender, "plain torch float32", is the same filter as one flat batched torch loop
+without the engine (``make_plain_torch``): the floor of eager torch, which tells the engine's
+overhead apart from torch's own per-op cost.
+
 Cases: one run at N in {1e2, 1e3, 1e4, 1e5}; B = 64 independent runs of N = 256 and
 B = 1000 runs of N = 100 (smcdiff: one batched call; particles: a Python loop over the B
 runs; Pyro: ``--pyro-runs`` runs timed and the time extrapolated to B, marked ``*``).
@@ -60,6 +64,53 @@ def make_smcdiff(device: torch.device, dtype: torch.dtype):
         res = sd.smc(fk, N, batch_shape=(B,) if B > 1 else (), resampling="systematic",
                      resample="adaptive", ess_threshold=0.5, generator=g, progress=False)
         return res.log_z.reshape(-1).double().cpu().numpy()
+
+    return run
+
+
+# ------------------------------------------------------------------------ plain torch
+
+
+def make_plain_torch(device: torch.device, dtype: torch.dtype):
+    """The same filter written as one flat batched torch loop (no engine, no checks): the
+    floor that eager torch reaches, to tell engine overhead from torch's own per-op cost.
+    Same resampling (systematic from cumulative offspring counts at ESS < N / 2)."""
+    y = lgssm_data(SIGMA_Y).y[:, 0].tolist()
+
+    @torch.inference_mode()
+    def run(N: int, B: int, seed: int) -> np.ndarray:
+        g = torch.Generator(device=device).manual_seed(seed)
+        kw = dict(dtype=dtype, device=device)
+        x = SIGMA_0 * torch.randn(B, N, generator=g, **kw)
+        c0 = -math.log(SIGMA_Y) - 0.5 * math.log(2 * math.pi)
+        lw = c0 - 0.5 * ((y[0] - x) / SIGMA_Y) ** 2
+        log_z = torch.zeros(B, dtype=torch.float64, device=device)
+        lse_prev = torch.full((B,), math.log(N), dtype=torch.float64, device=device)
+        ar = torch.arange(N, device=device)
+        for t in range(1, len(y) + 1):
+            m = lw.amax(-1, keepdim=True)
+            w = torch.exp(lw - m)
+            s1 = w.sum(-1)
+            lse = (torch.log(s1) + m[:, 0]).double()
+            log_z += lse - lse_prev
+            if t == len(y):
+                break
+            flag = s1 * s1 < 0.5 * N * (w * w).sum(-1)
+            if bool(flag.any()):
+                u = torch.rand(B, 1, generator=g, dtype=torch.float64, device=device)
+                c = torch.cumsum(w, -1, dtype=torch.float64)
+                cum = torch.addcdiv(-u, c, c[:, -1:], value=N).ceil_().clamp_(0, N).long()
+                marks = torch.zeros(B, N + 1, dtype=torch.long, device=device)
+                marks.scatter_add_(1, cum, torch.ones_like(cum))
+                anc = torch.where(flag[:, None], torch.cumsum(marks[:, :N], -1), ar)
+                x = torch.gather(x, 1, anc)
+                lw = lw.masked_fill(flag[:, None], 0.0)
+                lse_prev = torch.where(flag, math.log(N), lse)
+            else:
+                lse_prev = lse
+            x = RHO * x + SIGMA_X * torch.randn(B, N, generator=g, **kw)
+            lw = lw + c0 - 0.5 * ((y[t] - x) / SIGMA_Y) ** 2
+        return log_z.cpu().numpy()
 
     return run
 
@@ -174,6 +225,7 @@ def main() -> None:
     libs = {
         **{f"smcdiff {d}": (make_smcdiff(device, getattr(torch, d)), sync, str(device))
            for d in dtypes},
+        "plain torch float32": (make_plain_torch(device, torch.float32), sync, str(device)),
         "particles": (make_particles(y_np), nosync, "cpu"),
         "pyro": (make_pyro(y_np), nosync, "cpu"),
     }
@@ -187,7 +239,7 @@ def main() -> None:
         # The contenders of one case are timed in interleaved rounds (one call each per
         # round), so that a change of load on a shared machine hits all of them alike.
         active = {name: lib for name, lib in libs.items()
-                  if N * B < 10_000_000 or name.startswith("smcdiff")}  # peers: minutes here
+                  if N * B < 10_000_000 or not name.startswith(("particles", "pyro"))}
         times: dict[str, list[float]] = {name: [] for name in active}
         errors: dict[str, list[float]] = {name: [] for name in active}
         failed: dict[str, str] = {}

@@ -95,7 +95,7 @@ def resample_where(
     ``flag`` is the static ``False`` (nothing is drawn then). ``scaled_w``, if known, is
     ``exp(log_w - max log_w)`` and spares a built-in scheme that ``exp``.
     """
-    x, carried, anc, flag_t = _resample(_static_flag(flag), log_w, particles, resampler,
+    x, carried, anc, flag_t = _resample(_static_flag(flag), flag, log_w, particles, resampler,
                                         generator, scaled_w)
     return x, torch.zeros_like(log_w) if carried is None else carried, anc, flag_t
 
@@ -117,24 +117,32 @@ def _static_flag(flag: bool | torch.Tensor) -> bool | torch.Tensor:
 
 def _resample(
     flag: bool | torch.Tensor,
+    raw_flag: bool | torch.Tensor,
     log_w: torch.Tensor,
     particles: Particles,
     resampler: Resampler,
     generator: torch.Generator | None,
     scaled_w: torch.Tensor | None,
 ) -> tuple[Particles, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """:func:`resample_where` for a flag already through :func:`_static_flag`; the carried
-    log-weights are ``None`` when every member resampled (all zero)."""
+    """:func:`resample_where` for a flag already through :func:`_static_flag` (``raw_flag``
+    is the trigger's own answer, reused as the per-member flags when it has their shape);
+    the carried log-weights are ``None`` when every member resampled (all zero)."""
     batch = log_w.shape[:-1]
+
+    def flags_all(value: bool) -> torch.Tensor:  # the trigger's tensor when it fits: no new op
+        if isinstance(raw_flag, torch.Tensor) and raw_flag.shape == batch:
+            return raw_flag
+        return log_w.new_full(batch, value, dtype=torch.bool)
+
     if flag is False:
-        return particles, log_w, None, log_w.new_zeros(batch, dtype=torch.bool)
+        return particles, log_w, None, flags_all(False)
     if isinstance(resampler, Resampler):
         anc = resampler(log_w, generator=generator, scaled_weights=scaled_w)
     else:  # a user callable with the plain signature
         anc = resampler(log_w, generator=generator)
     carried: torch.Tensor | None
     if flag is True:
-        flag_t = log_w.new_ones(batch, dtype=torch.bool)
+        flag_t = flags_all(True)
         carried = None
     else:
         flag_t = flag if flag.shape == batch else flag.expand(batch)
@@ -280,9 +288,11 @@ class SMC:
         t = state.t
         if t >= self.model.T:
             raise ValueError(f"the model has T={self.model.T} steps; step {t} does not exist")
-        flag = _static_flag(self.trigger(t, state.log_w, state.ess))
+        raw_flag = self.trigger(t, state.log_w, state.ess)
+        flag = _static_flag(raw_flag)
         x_prev, carried, anc, flag_t = _resample(
-            flag, state.log_w, state.particles, self.resampler, generator, state.scaled_w
+            flag, raw_flag, state.log_w, state.particles, self.resampler, generator,
+            state.scaled_w,
         )
         x = self.model.M(t, x_prev, generator)
         log_G = self.model.log_G(t, x_prev, x)
