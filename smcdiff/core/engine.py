@@ -297,18 +297,17 @@ class SMC:
         x = self.model.M(t, x_prev, generator)
         log_G = self.model.log_G(t, x_prev, x)
         _check_log_G(log_G, t, state.log_w.shape, state.log_w)
-        # After resampling the carried weights are 0 and their logsumexp is log N.
+        log_w = log_G if carried is None else carried + log_G
+        ess_t, lse, scaled = _ess_and_lse(log_w)
+        # logsumexp of the carried weights: log N where resampled (they are all 0 there),
+        # the cached value elsewhere.
         log_n = math.log(self.num_particles)
         if carried is None:
-            log_w = log_G
-            ess_t, lse, scaled = _ess_and_lse(log_w)
             inc = lse - log_n
+        elif flag is False:
+            inc = lse - state.log_sum_w
         else:
-            log_w = carried + log_G
-            ess_t, lse, scaled = _ess_and_lse(log_w)
-            lse_carried = (state.log_sum_w if flag is False
-                           else state.log_sum_w.masked_fill(flag_t, log_n))
-            inc = lse - lse_carried
+            inc = lse - state.log_sum_w.masked_fill(flag_t, log_n)
         bad = self._track_degenerate(state.bad_step, lse, t)
         new = SMCState(t + 1, x, log_w, state.log_z + inc, bad, ess_t, lse, scaled)
         return new, StepInfo(t, anc, flag_t, ess_t, inc, log_G)

@@ -120,11 +120,19 @@ def _stratified(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> to
     return _ancestors_from_cumulative((j + below).long(), M)
 
 
-def _systematic_cumulative(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
-    # Number of points (k + u)/M below C_i is ceil(M C_i - u), clipped to [0, M]; where
-    # C_i = 1 (the last particle with positive weight and any zero-weight tail) it is M.
-    u = u.clamp(max=_SYSTEMATIC_U_MAX).unsqueeze(-1)
-    return torch.ceil_(cdf * M - u).clamp_(0, M).long()
+def _systematic_cumulative(c: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
+    """Cumulative offspring counts of systematic resampling from cumulative weights
+    ``c: [B, N]`` (normalized or not: they are divided by ``c_N`` here).
+
+    The number of points ``(k + u) / M`` below ``C_i = c_i / c_N`` is ``ceil(M C_i - u)``,
+    clipped to ``[0, M]``, computed as one fused ``M c_i / c_N - u``. Where ``c_i = c_N`` (the
+    last particle of positive weight and any zero-weight tail) the quotient is ``M`` up to
+    one rounding, and ``u <= 1 - 2^-28`` keeps its ceiling at ``M`` (for ``M < 2^25``). A
+    degenerate row (``c_N = 0`` or NaN) sends every point to the first particle.
+    """
+    neg_u = u.clamp(max=_SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
+    pos = torch.addcdiv(neg_u, c, c[:, -1:], value=M)
+    return torch.nan_to_num_(pos, nan=M).ceil_().clamp_(0, M).long()
 
 
 def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
@@ -132,15 +140,8 @@ def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tens
 
 
 def _systematic(log_w: torch.Tensor, M: int, u: torch.Tensor, scaled=None) -> torch.Tensor:
-    # _systematic_cumulative(_cdf(log_w), M, u) with the normalisation folded into one
-    # fused op: M c_i / c_N - u. Where c_i = c_N the quotient is M up to one rounding,
-    # and u <= 1 - 2^-28 keeps its ceiling at M (for M < 2^25), as in the unfused form.
-    c = _unnormalized_cdf(log_w, scaled)
-    neg_u = u.clamp(max=_SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
-    pos = torch.addcdiv(neg_u, c, c[:, -1:], value=M)
-    # A degenerate row (c_N = 0 or NaN) sends every point to the first particle.
-    cum = torch.nan_to_num_(pos, nan=M).ceil_().clamp_(0, M).long()
-    return _ancestors_from_cumulative(cum, M)
+    c = _unnormalized_cdf(log_w, scaled)  # the normalisation happens inside, fused
+    return _ancestors_from_cumulative(_systematic_cumulative(c, M, u), M)
 
 
 def _residual_parts(log_w: torch.Tensor, M: int):

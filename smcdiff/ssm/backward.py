@@ -14,11 +14,6 @@ algorithms", compare them):
 
 - :class:`ExactBackward`: all ``M x N`` logits ``log w^j + log m(xi^j, x^i)``, inverse-CDF
   draws; ``O(MN)`` time, memory bounded by chunking the rows. The reference.
-
-The ``O(MN)`` logits come from :func:`row_logits` (one all-pairs ``log_m`` call, or a
-closed form with one multiply-add per pair for a linear Gaussian transition) and
-:func:`exp_rows_` turns them into the kernel up to a factor per row; the forward smoother
-:func:`smcdiff.ssm.smoothing.ffbsm` uses both.
 - :class:`IMHBackward`: independent Metropolis-Hastings (Dau & Chopin 2022, §3.3) started at
   the filter ancestor ``A^i`` of row ``i``; proposals ``j' ~ Cat(W_{t-1})`` iid and unsorted,
   accepted with probability ``min(1, m(xi^{j'}, x^i) / m(xi^j, x^i))``. The chain leaves
@@ -31,6 +26,11 @@ closed form with one multiply-add per pair for a linear Gaussian transition) and
   (Douc et al. 2011; the PaRIS paper's sampler), at most ``max_trials`` rounds, then an exact
   ``O(N)`` draw for the rows still pending (the hybrid of Dau & Chopin 2022, which bounds the
   otherwise possibly infinite expected run time). Each round works only on pending draws.
+
+The ``O(MN)`` logits come from :func:`row_logits` (one all-pairs ``log_m`` call, or, for a
+model that declares an affine Gaussian transition (:func:`gaussian_transition`), a closed form
+with one multiply-add per pair) and :func:`exp_rows_` turns them into the kernel up to a
+factor per row; the forward smoother :func:`smcdiff.ssm.smoothing.ffbsm` uses both.
 
 Call signature (:class:`BackwardSampler`)::
 

@@ -235,8 +235,8 @@ class BootstrapFK(_SSMFeynmanKac):
         y: ``[T, dy]`` (shared by all batch members) or ``[*batch, T, dy]``.
     """
 
-    # Sampling and densities of the model's laws: no autograd inside a step (the engine may
-    # then run without autograd bookkeeping when no parameter requires grad).
+    # Sampling and densities of the model's laws: no autograd inside a step (under
+    # torch.no_grad the engine may then run its loop in inference mode).
     autograd_free = True
 
     def M0(
