@@ -29,9 +29,10 @@ from typing import Any, NamedTuple
 
 import torch
 
+from smcdiff.core.constants import arange, scalar_tensor
 from smcdiff.core.feynman_kac import FeynmanKac, check_model, is_autograd_free, nfe_of_step
 from smcdiff.core.progress import progress_bar
-from smcdiff.core.resampling import Resampler, get_resampler
+from smcdiff.core.resampling import Resampler, _check_log_w, get_resampler
 from smcdiff.core.tree import Particles, take_particles, tree_leaves, tree_map
 from smcdiff.core.triggers import ResamplingTrigger, make_trigger
 from smcdiff.core.weights import DegenerateWeightsError, normalize
@@ -95,6 +96,11 @@ def resample_where(
     ``flag`` is the static ``False`` (nothing is drawn then). ``scaled_w``, if known, is
     ``exp(log_w - max log_w)`` and spares a built-in scheme that ``exp``.
     """
+    if isinstance(resampler, Resampler):  # _resample trusts log_w: check the caller's
+        _check_log_w(log_w, resampler.name)
+        if scaled_w is not None and scaled_w.shape != log_w.shape:
+            raise ValueError(f"scaled_w must have the shape of log_w {tuple(log_w.shape)}, "
+                             f"got {tuple(scaled_w.shape)}")
     x, carried, anc, flag_t = _resample(_static_flag(flag), flag, log_w, particles, resampler,
                                         generator, scaled_w)
     return x, torch.zeros_like(log_w) if carried is None else carried, anc, flag_t
@@ -128,28 +134,31 @@ def _resample(
     is the trigger's own answer, reused as the per-member flags when it has their shape);
     the carried log-weights are ``None`` when every member resampled (all zero)."""
     batch = log_w.shape[:-1]
-
-    def flags_all(value: bool) -> torch.Tensor:  # the trigger's tensor when it fits: no new op
-        if isinstance(raw_flag, torch.Tensor) and raw_flag.shape == batch:
-            return raw_flag
-        return log_w.new_full(batch, value, dtype=torch.bool)
-
     if flag is False:
-        return particles, log_w, None, flags_all(False)
-    if isinstance(resampler, Resampler):
-        anc = resampler(log_w, generator=generator, scaled_weights=scaled_w)
+        return particles, log_w, None, _flags_like(raw_flag, batch, False, log_w)
+    if isinstance(resampler, Resampler):  # log_w comes from the engine: valid, no re-checks
+        anc = resampler._draw(log_w, generator, scaled_w)
     else:  # a user callable with the plain signature
         anc = resampler(log_w, generator=generator)
     carried: torch.Tensor | None
     if flag is True:
-        flag_t = flags_all(True)
+        flag_t = _flags_like(raw_flag, batch, True, log_w)
         carried = None
     else:
         flag_t = flag if flag.shape == batch else flag.expand(batch)
         keep = flag_t.unsqueeze(-1)
-        anc = torch.where(keep, anc, torch.arange(log_w.shape[-1], device=log_w.device))
+        anc = torch.where(keep, anc, arange(log_w.shape[-1], log_w.device))
         carried = log_w.masked_fill(keep, 0.0)
     return take_particles(particles, anc), carried, anc, flag_t
+
+
+def _flags_like(raw_flag: bool | torch.Tensor, batch: torch.Size, value: bool,
+                like: torch.Tensor) -> torch.Tensor:
+    """Per-member flags all equal to ``value``: the trigger's own tensor when it has the
+    batch shape (no new op), else a new one."""
+    if isinstance(raw_flag, torch.Tensor) and raw_flag.shape == batch:
+        return raw_flag
+    return like.new_full(batch, value, dtype=torch.bool)
 
 
 def reweight(carried_log_w: torch.Tensor, log_G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +179,7 @@ def _ess_and_lse(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     m = torch.amax(log_w, -1, keepdim=True)
     if m.requires_grad:  # the max is a shift: the values are exact without its gradient
         m = m.detach()
-    w = torch.exp(log_w - m)
+    w = torch.sub(log_w, m).exp_()
     s1 = w.sum(-1)
     ess = torch.div(s1, torch.linalg.vector_norm(w, dim=-1)).square_()  # (sum w)^2 / sum w^2
     return ess, torch.log(s1).add_(m.squeeze(-1)), w
@@ -303,7 +312,7 @@ class SMC:
         # the cached value elsewhere.
         log_n = math.log(self.num_particles)
         if carried is None:
-            inc = lse - log_n
+            inc = lse - scalar_tensor(log_n, lse.dtype, lse.device)
         elif flag is False:
             inc = lse - state.log_sum_w
         else:

@@ -31,10 +31,16 @@ from dataclasses import dataclass
 
 import torch
 
+from smcdiff.core import constants
+
 _BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
-# Systematic resampling keeps its uniform below this, so that M C_i - u, rounded to
-# float64, never drops below M - 1 where C_i = 1 (exact for M < 2^25).
+# Systematic resampling keeps its uniform in [2^-28, 1 - 2^-28] (moving a probability of
+# 2^-28 at each end onto the bound), so that M C_i - u, rounded to float64, lies in
+# (-1, M] for every C_i in [0, 1] when M < 2^25: its ceiling is a valid cumulative count
+# without clipping. (M C_N / C_N may round to M + ulp(M), and ulp(M) <= 2^-28 there.)
+_SYSTEMATIC_U_MIN = 2.0**-28
 _SYSTEMATIC_U_MAX = 1.0 - 2.0**-28
+_SYSTEMATIC_EXACT_M = 2**25
 
 # fn(log_w [B, N], M, uniforms, scaled) -> ancestors [B, M]; ``scaled`` is
 # exp(log_w - max log_w) when the caller already has it (else None).
@@ -92,9 +98,11 @@ def ancestors_from_counts(counts: torch.Tensor, num_samples: int) -> torch.Tenso
 
 def _ancestors_from_cumulative(cum: torch.Tensor, num_samples: int) -> torch.Tensor:
     # cum: [B, N] non-decreasing inclusive cumulative counts ending at num_samples.
+    # int32 marks (counts never exceed M < 2^31) halve the memory written; the cumsum of
+    # an int32 tensor comes back as int64, the index dtype.
     B, N = cum.shape
-    marks = torch.zeros(B, num_samples + 1, dtype=torch.long, device=cum.device)
-    marks.scatter_add_(1, cum, torch.ones_like(cum))
+    marks = torch.zeros(B, num_samples + 1, dtype=torch.int32, device=cum.device)
+    marks.scatter_add_(1, cum, constants.ones((B, N), torch.int32, cum.device))
     return torch.cumsum(marks[:, :num_samples], dim=-1)
 
 
@@ -125,14 +133,24 @@ def _systematic_cumulative(c: torch.Tensor, M: int, u: torch.Tensor) -> torch.Te
     ``c: [B, N]`` (normalized or not: they are divided by ``c_N`` here).
 
     The number of points ``(k + u) / M`` below ``C_i = c_i / c_N`` is ``ceil(M C_i - u)``,
-    clipped to ``[0, M]``, computed as one fused ``M c_i / c_N - u``. Where ``c_i = c_N`` (the
-    last particle of positive weight and any zero-weight tail) the quotient is ``M`` up to
-    one rounding, and ``u <= 1 - 2^-28`` keeps its ceiling at ``M`` (for ``M < 2^25``). A
-    degenerate row (``c_N = 0`` or NaN) sends every point to the first particle.
+    computed as one fused ``M c_i / c_N - u``. Where ``c_i = c_N`` (the last particle of
+    positive weight and any zero-weight tail) the quotient is ``M`` up to one rounding, and
+    ``2^-28 <= u <= 1 - 2^-28`` keeps its ceiling at ``M`` and every ceiling in ``[0, M]``
+    (for ``M < 2^25``; larger ``M`` is clipped). A degenerate row (``c_N = 0`` or NaN)
+    sends every point to the first particle.
     """
-    neg_u = u.clamp(max=_SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
+    neg_u = u.clamp(_SYSTEMATIC_U_MIN, _SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
     pos = torch.addcdiv(neg_u, c, c[:, -1:], value=M)
-    return torch.nan_to_num_(pos, nan=M).ceil_().clamp_(0, M).long()
+    pos = torch.nan_to_num_(pos, nan=M).ceil_()
+    pos = pos if M < _SYSTEMATIC_EXACT_M else pos.clamp_(0, M)
+    return pos.to(_count_dtype(pos.device, M))
+
+
+def _count_dtype(device: torch.device, M: int) -> torch.dtype:
+    """Integer dtype for cumulative counts used as scatter indices: int32 on the CPU (the
+    float-to-int32 conversion is ~3x cheaper than to int64, and CPU scatter/gather take
+    int32 indices), int64 elsewhere."""
+    return torch.int32 if device.type == "cpu" and M < 2**31 - 1 else torch.int64
 
 
 def _systematic_counts(cdf: torch.Tensor, M: int, u: torch.Tensor) -> torch.Tensor:
@@ -391,9 +409,27 @@ class Resampler:
         if scaled_weights is not None and scaled_weights.shape != log_w.shape:
             raise ValueError(f"{self.name} resampling: scaled_weights must have the shape of "
                              f"log_w {tuple(log_w.shape)}, got {tuple(scaled_weights.shape)}")
-        if len(batch) == 1:  # already [B, N]: the schemes' layout
+        return self._apply(log_w, M, uniforms, scaled_weights)
+
+    def _draw(
+        self, log_w: torch.Tensor, generator: torch.Generator | None,
+        scaled_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``M = N`` ancestors for log-weights already known to be valid (the engine's
+        per-step call: the checks of ``__call__`` are skipped, not the work)."""
+        N = log_w.shape[-1]
+        ushape = (*log_w.shape[:-1], *self.uniforms_shape(N, N))
+        uniforms = torch.rand(ushape, generator=generator, dtype=torch.float64,
+                              device=log_w.device)
+        return self._apply(log_w, N, uniforms, scaled_weights)
+
+    def _apply(self, log_w, M, uniforms, scaled_weights) -> torch.Tensor:
+        """Run the scheme on ``[B, N]`` rows (flattening other batch shapes)."""
+        if log_w.dim() == 2:  # already [B, N]: the schemes' layout
             return self.fn(log_w, M, uniforms, scaled_weights)
+        batch, N = log_w.shape[:-1], log_w.shape[-1]
         B = batch.numel()
+        per_run = uniforms.shape[len(batch):]
         flat_u = uniforms.reshape(B, *per_run) if B else uniforms
         if scaled_weights is not None:
             scaled_weights = scaled_weights.reshape(B, N)

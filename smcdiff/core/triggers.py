@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from smcdiff.core.constants import scalar_tensor
 from smcdiff.core.weights import ess as effective_sample_size
 
 
@@ -42,7 +43,8 @@ class ESSTrigger:
         if self.threshold <= 0.0:
             return False
         value = effective_sample_size(log_w) if ess is None else ess
-        return value < self.threshold * log_w.shape[-1]
+        # a cached 0-d threshold: comparing with a Python number allocates one per call
+        return value < scalar_tensor(self.threshold * log_w.shape[-1], value.dtype, value.device)
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,24 @@ def test_bad_input_errors():
         R.killing(torch.zeros(4), 6)
     with pytest.raises(ValueError, match="no conditional version of 'ssp'"):
         R.ssp.conditional(torch.zeros(4), torch.tensor(0))
+
+
+def test_systematic_counts_stay_in_range_at_the_uniform_bounds():
+    """The uniform is kept in [2^-28, 1 - 2^-28], so ceil(M C_i - u) lies in [0, M] without
+    clipping even where M C_N / C_N rounds above M; the ancestors are valid int64 indices
+    and every positive-weight particle keeps its expected share."""
+    g = torch.Generator().manual_seed(11)
+    for dtype in (torch.float32, torch.float64):
+        for N in (1, 2, 7, 1000, 4097):
+            lw = torch.randn(16, N, generator=g, dtype=dtype) * 4
+            if N > 2:
+                lw[:, -1] = -math.inf  # a zero-weight tail after the last positive weight
+            for fill in (0.0, 2.0**-60, 0.5, 1 - 2**-53):
+                u = torch.full((16,), fill, dtype=torch.float64)
+                anc = R.systematic(lw, uniforms=u)
+                assert anc.dtype == torch.int64 and anc.shape == (16, N)
+                last = N - 2 if N > 2 else N - 1  # the zero-weight tail is never picked
+                assert anc.min() >= 0 and anc.max() <= last
+                counts = _counts(anc, N)
+                expected = N * torch.softmax(lw.double(), -1)
+                assert (counts - expected).abs().max() < 1 + 1e-6  # systematic: |o_i - N W_i| < 1
