@@ -15,6 +15,8 @@ import math
 import torch
 from torch import distributions as D
 
+from smcdiff.core.constants import scalar_tensor
+from smcdiff.core.random import standard_normal
 from smcdiff.ssm.model import BootstrapFK, GuidedFK, StateSpaceModel
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -257,6 +259,34 @@ class LinearGaussian(StateSpaceModel):
         as 0-d tensors so that the scalar case is plain arithmetic."""
         return _matrix(self.A), _factor(self.Q), _matrix(self.C), _factor(self.R)
 
+    def _step_parameters(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that :meth:`_coefficients` reads."""
+        return (self._A, self._Q, self._C, self._R)
+
+    def _scalar_coefficients(self) -> tuple[float, float, float, float] | None:
+        """``(a, sd_x, c, sd_y)`` of a one-dimensional model as Python numbers, or ``None``
+        when ``d > 1`` or autograd may need the parameter tensors.
+
+        Cached until a parameter tensor is replaced or changed in place (its version
+        counter): at small N the tensor arithmetic of these per-step constants is a visible
+        share of a filter step, and reading them costs a host round-trip.
+        """
+        if self.state_dim != 1 or self.obs_dim != 1:
+            return None
+        params = self._step_parameters()
+        if any(p.is_inference() for p in params) or (
+                torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return None  # no version counter to trust, or a graph to keep
+        versions = [p._version for p in params]
+        cached = self.__dict__.get("_scalar_cache")
+        if (cached is not None and cached[2] == versions
+                and all(a is b for a, b in zip(cached[0], params))):
+            return cached[1]
+        A, LQ, C, LR = self._coefficients()
+        values = (float(A), float(LQ), 1.0 if C is None else float(C), float(LR))
+        self._scalar_cache = (params, values, versions)
+        return values
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.state_dim}, dy={self.obs_dim}, dtype={self.dtype})"
 
@@ -284,6 +314,9 @@ class _AR1(LinearGaussian):
     def _coefficients(self):
         # X_t = rho X_{t-1} + sigma_x U, Y_t = X_t + sigma_y V: no matrices, C = identity.
         return self.rho, self.sigma_x, None, self.sigma_y
+
+    def _step_parameters(self) -> tuple[torch.Tensor, ...]:
+        return (self.rho, self.sigma_x, self.sigma_y)
 
     @property
     def A(self) -> torch.Tensor:
@@ -359,20 +392,37 @@ class LinearGaussianBootstrap(BootstrapFK):
 
     Equal to the generic model (same draws for the same generator, same densities), which
     the tests check; only the per-step overhead differs. The matrices are read from the
-    model at every call, so autograd sees the current parameters.
+    model at every call, so autograd sees the current parameters; a one-dimensional model
+    run without gradients uses its coefficients as cached Python numbers instead (re-read
+    whenever a parameter tensor changes), which halves the ops of a step.
     """
 
     ssm: LinearGaussian
 
+    def __init__(self, ssm: LinearGaussian, y: torch.Tensor) -> None:
+        super().__init__(ssm, y)
+        # y_t as [*batch_y, 1] views for the scalar path (broadcast against [*batch, N])
+        self._y_scalars = [y_t[..., 0] for y_t in self._y_steps]
+
     def M(self, t: int, x_prev: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        eps = standard_normal(x_prev.shape, x_prev, generator)
+        scalar = self.ssm._scalar_coefficients()
+        if scalar is not None:  # d = 1, no gradient: a x + s eps in place, numbers as such
+            a, s = scalar[0], scalar[1]
+            return (eps if s == 1.0 else eps.mul_(s)).add_(x_prev, alpha=a)
         A, LQ, _, _ = self.ssm._coefficients()
-        eps = torch.randn(x_prev.shape, generator=generator, dtype=x_prev.dtype,
-                          device=x_prev.device)
         if LQ.dim() == 0:  # scalar noise scale: one fused multiply-add
             return torch.addcmul(_apply(x_prev, A), eps, LQ)
         return _apply(x_prev, A) + _apply(eps, LQ)
 
     def log_G(self, t: int, x_prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        scalar = self.ssm._scalar_coefficients()
+        if scalar is not None:  # -(y - c x)^2 / (2 s^2) - log s - log(2 pi) / 2
+            _, _, c, s = scalar
+            x0 = x[..., 0]
+            diff = torch.sub(self._y_scalars[t], x0 if c == 1.0 else x0 * c)
+            const = scalar_tensor(-math.log(s) - 0.5 * _LOG_2PI, x.dtype, x.device)
+            return torch.addcmul(const, diff, diff, value=-0.5 / (s * s))
         _, _, C, LR = self.ssm._coefficients()
         return gaussian_log_prob(self.y_at(t) - _apply(x, C), LR)
 

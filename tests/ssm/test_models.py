@@ -380,3 +380,41 @@ def test_written_out_bootstrap_differentiates_in_the_parameters():
     (g,) = torch.autograd.grad(fk.log_m(1, x, x).sum(), rho)
     # d/drho of sum -(x - rho x)^2 / 2 is sum x (x - rho x)
     torch.testing.assert_close(g, (x[:, 0] * (x[:, 0] - 0.8 * x[:, 0])).sum().detach())
+
+
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+@pytest.mark.parametrize("make", ["ar1", "lg1d"])
+def test_scalar_bootstrap_path_equals_the_tensor_path(make, dtype):
+    """Without gradients a one-dimensional model's bootstrap reads its coefficients as
+    cached Python numbers; the draws and densities are those of the tensor path, and an
+    in-place parameter change is seen at the next call."""
+    if make == "ar1":
+        model = LinearGaussian.ar1(0.9, 1.3, 0.7, dtype=dtype)
+        param = model.sigma_y
+    else:
+        t = lambda v: torch.tensor([[v]], dtype=dtype)  # noqa: E731
+        model = LinearGaussian(t(0.8), t(1.5), t(1.2), t(0.4), torch.zeros(1, dtype=dtype),
+                               t(1.0))
+        param = model._R
+    y = model.simulate(5, generator=gen(0)).y.to(dtype)
+    fk = model.bootstrap(y)
+    x_prev = fk.M0(9, torch.Size([4]), gen(1))
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == f64 else {"rtol": 2e-6, "atol": 2e-6}
+    with torch.no_grad():
+        assert model._scalar_coefficients() is not None
+        x_fast = fk.M(2, x_prev, gen(2))
+        lg_fast = fk.log_G(2, x_prev, x_fast)
+    param.requires_grad_(True)  # now the tensor path (a graph is wanted)
+    assert model._scalar_coefficients() is None
+    x_slow = fk.M(2, x_prev, gen(2))
+    lg_slow = fk.log_G(2, x_prev, x_fast)
+    torch.testing.assert_close(x_fast, x_slow.detach(), **tol)
+    torch.testing.assert_close(lg_fast, lg_slow.detach(), **tol)
+    param.requires_grad_(False)
+    with torch.no_grad():
+        before = fk.log_G(2, x_prev, x_fast)
+        param.mul_(2.0)  # in place: the cached numbers must be refreshed
+        after = fk.log_G(2, x_prev, x_fast)
+        assert not torch.allclose(before, after)
+        param.requires_grad_(True)
+    torch.testing.assert_close(after, fk.log_G(2, x_prev, x_fast).detach(), **tol)
