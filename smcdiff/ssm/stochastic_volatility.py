@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import distributions as D
 
+from smcdiff.core.random import standard_normal
 from smcdiff.ssm.linear_gaussian import scalar_params
 from smcdiff.ssm.model import BootstrapFK, StateSpaceModel
 
@@ -149,8 +150,7 @@ class StochasticVolatilityBootstrap(BootstrapFK):
     def M(self, t: int, x_prev: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """``x_t ~ N(mu + rho (x_prev - mu), sigma^2)``: ``[*batch, N, 1]``."""
         m = self.ssm
-        eps = torch.randn(x_prev.shape, generator=generator, dtype=x_prev.dtype,
-                          device=x_prev.device)
+        eps = standard_normal(x_prev.shape, x_prev, generator)
         return m.mu + m.rho * (x_prev - m.mu) + m.sigma * eps
 
     def log_G(self, t: int, x_prev: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
