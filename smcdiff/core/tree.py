@@ -66,12 +66,12 @@ def take_particles(tree: Particles, index: torch.Tensor) -> Particles:
         # (reshapes skipped when the layout already is [B, M] / [B, N, E]: each is a dispatch)
         idx = index if batch_ndim == 1 else index.reshape(B, M)
         flat = leaf if batch_ndim == 1 and leaf.dim() == 3 else leaf.reshape(B, N, E)
-        # index_select of whole event rows, or a 2-D gather (E == 1), is several times
+        # A 2-D gather (E == 1), or index_select of whole event rows, is several times
         # faster on CPU than a gather with an index expanded over the event axes.
-        if B == 1:  # one run: index_select is ~5x faster than a [1, N] gather on CPU
-            out = flat[0].index_select(0, idx[0])
-        elif E == 1:
+        if E == 1:  # 3x faster than index_select of one-element rows (N = 1e4, CPU)
             out = torch.gather(flat[..., 0], 1, idx)
+        elif B == 1:  # one run: index_select of rows is ~5x faster than a [1, N] gather
+            out = flat[0].index_select(0, idx[0])
         else:
             offsets = torch.arange(B, device=idx.device).unsqueeze(-1) * N
             out = flat.reshape(B * N, E).index_select(0, (idx + offsets).reshape(-1))
