@@ -264,7 +264,8 @@ def main() -> None:
         for name, (_, _, dev) in active.items():
             if name in failed:
                 failures.append(f"{name} at {label}: {failed[name]}")
-                case_rows.append([label, name, dev, "failed", math.nan, math.nan, math.nan])
+                case_rows.append([label, name, dev, "failed", math.nan, math.nan, math.nan,
+                                  math.nan])
                 continue
             B_run = min(B, args.pyro_runs) if name == "pyro" else B
             seconds = statistics.median(times[name])

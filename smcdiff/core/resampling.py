@@ -35,12 +35,12 @@ from smcdiff.core import constants
 
 _BELOW_ONE = 1.0 - 2.0**-53  # the largest float64 below 1
 # Systematic resampling keeps its uniform in [2^-28, 1 - 2^-28] (moving a probability of
-# 2^-28 at each end onto the bound), so that M C_i - u, rounded to float64, lies in
-# (-1, M] for every C_i in [0, 1] when M < 2^25: its ceiling is a valid cumulative count
-# without clipping. (M C_N / C_N may round to M + ulp(M), and ulp(M) <= 2^-28 there.)
+# 2^-28 at each end onto the bound), so that c_i (M / c_N) - u, rounded to float64, lies in
+# (-1, M] for every c_i in [0, c_N] when M < 2^24: its ceiling is a valid cumulative count
+# without clipping. (c_N (M / c_N) is M up to two roundings, M 2^-52 < 2^-28 there.)
 _SYSTEMATIC_U_MIN = 2.0**-28
 _SYSTEMATIC_U_MAX = 1.0 - 2.0**-28
-_SYSTEMATIC_EXACT_M = 2**25
+_SYSTEMATIC_EXACT_M = 2**24
 
 # fn(log_w [B, N], M, uniforms, scaled) -> ancestors [B, M]; ``scaled`` is
 # exp(log_w - max log_w) when the caller already has it (else None).
@@ -133,15 +133,17 @@ def _systematic_cumulative(c: torch.Tensor, M: int, u: torch.Tensor) -> torch.Te
     ``c: [B, N]`` (normalized or not: they are divided by ``c_N`` here).
 
     The number of points ``(k + u) / M`` below ``C_i = c_i / c_N`` is ``ceil(M C_i - u)``,
-    computed as one fused ``M c_i / c_N - u``. Where ``c_i = c_N`` (the last particle of
-    positive weight and any zero-weight tail) the quotient is ``M`` up to one rounding, and
+    computed as ``c_i (M / c_N) - u`` (a multiply by a per-row scale: twice as fast on the
+    CPU as a broadcast division). Where ``c_i = c_N`` (the last particle of positive weight
+    and any zero-weight tail) the product is ``M`` up to two roundings, and
     ``2^-28 <= u <= 1 - 2^-28`` keeps its ceiling at ``M`` and every ceiling in ``[0, M]``
-    (for ``M < 2^25``; larger ``M`` is clipped). A degenerate row (``c_N = 0`` or NaN)
-    sends every point to the first particle.
+    (for ``M < 2^24``; larger ``M`` is clipped). A degenerate row (``c_N = 0``, inf or
+    NaN) sends every point to the first particle.
     """
-    neg_u = u.clamp(_SYSTEMATIC_U_MIN, _SYSTEMATIC_U_MAX).neg_().unsqueeze(-1)
-    pos = torch.addcdiv(neg_u, c, c[:, -1:], value=M)
-    pos = torch.nan_to_num_(pos, nan=M).ceil_()
+    u = u.clamp(_SYSTEMATIC_U_MIN, _SYSTEMATIC_U_MAX).unsqueeze(-1)
+    scale = torch.div(constants.scalar_tensor(float(M), c.dtype, c.device), c[:, -1:])
+    pos = torch.mul(c, scale).sub_(u)
+    pos = torch.nan_to_num_(pos, nan=M, posinf=M, neginf=0).ceil_()
     pos = pos if M < _SYSTEMATIC_EXACT_M else pos.clamp_(0, M)
     return pos.to(_count_dtype(pos.device, M))
 
