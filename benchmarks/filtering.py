@@ -7,7 +7,7 @@ library runs the bootstrap filter with systematic resampling when ESS < N / 2 (t
 of ``particles``; ``pyro.infer.SMCFilter`` uses the same rule and systematic resampling).
 
 A fourth contender, "plain torch float32", is the same filter as one flat batched torch loop
-without the engine (``make_plain_torch``): the floor of eager torch, which tells the engine's
+without the engine (``make_plain_torch``): a straightforward eager loop, which tells the engine's
 overhead apart from torch's own per-op cost.
 
 Cases: one run at N in {1e2, 1e3, 1e4, 1e5}; B = 64 independent runs of N = 256 and
@@ -75,7 +75,7 @@ def make_smcdiff(device: torch.device, dtype: torch.dtype):
 
 def make_plain_torch(device: torch.device, dtype: torch.dtype):
     """The same filter written as one flat batched torch loop (no engine, no checks): the
-    floor that eager torch reaches, to tell engine overhead from torch's own per-op cost.
+    straightforward eager version, to tell engine overhead from torch's own per-op cost.
     Same resampling (systematic from cumulative offspring counts at ESS < N / 2)."""
     y = lgssm_data(SIGMA_Y).y[:, 0].tolist()
 
