@@ -62,8 +62,6 @@ def box_muller(shape: torch.Size | tuple[int, ...], generator: torch.Generator |
     return out.mul_(r).view(-1)[:n].view(shape)
 
 
-_draw_normal = standard_normal
-
 
 def sample(
     dist: D.Distribution,
@@ -82,10 +80,10 @@ def sample(
     if isinstance(dist, D.Independent):
         return sample(dist.base_dist, sample_shape, generator)
     if isinstance(dist, D.Normal):
-        eps = _draw_normal(shape, dist.loc, generator)
+        eps = standard_normal(shape, dist.loc, generator)
         return dist.loc + dist.scale * eps
     if isinstance(dist, D.MultivariateNormal):
-        eps = _draw_normal(shape, dist.loc, generator)
+        eps = standard_normal(shape, dist.loc, generator)
         return dist.loc + (dist._unbroadcasted_scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
     if isinstance(dist, D.Uniform):
         u = _draw_uniform(shape, dist.low, generator)

@@ -425,7 +425,8 @@ class Resampler:
                               device=log_w.device)
         return self._apply(log_w, N, uniforms, scaled_weights)
 
-    def _apply(self, log_w, M, uniforms, scaled_weights) -> torch.Tensor:
+    def _apply(self, log_w: torch.Tensor, M: int, uniforms: torch.Tensor,
+               scaled_weights: torch.Tensor | None) -> torch.Tensor:
         """Run the scheme on ``[B, N]`` rows (flattening other batch shapes)."""
         if log_w.dim() == 2:  # already [B, N]: the schemes' layout
             return self.fn(log_w, M, uniforms, scaled_weights)
