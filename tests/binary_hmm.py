@@ -10,11 +10,8 @@ import itertools
 import math
 
 import torch
+from helpers import gen
 from scipy import stats
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class BinaryHMM:

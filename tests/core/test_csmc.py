@@ -14,7 +14,8 @@ import math
 
 import pytest
 import torch
-from binary_hmm import BinaryHMM, chi2_pvalue, decode, gen, posterior_draws
+from binary_hmm import BinaryHMM, chi2_pvalue, decode, posterior_draws
+from helpers import gen
 from scipy import stats
 
 from smcdiff.core.csmc import (

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 from scipy import stats
 from torch import distributions as D
 
@@ -12,10 +13,6 @@ from smcdiff.core import constants
 from smcdiff.core.random import _BOX_MULLER_MIN, box_muller, sample, standard_normal
 
 f64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_box_muller_is_standard_normal():

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 from torch.distributions import Exponential, Independent, MultivariateNormal, Normal, Uniform
 
 from smcdiff.core.tempering import (
@@ -20,10 +21,6 @@ from smcdiff.core.tempering import (
     tempered_smc,
 )
 from smcdiff.core.weights import conditional_ess, ess
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def within_4se(samples: torch.Tensor, truth: torch.Tensor | float) -> None:

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from helpers import gen
 
 import smcdiff as sd
 from smcdiff.core.weights import ess, log_normalize
@@ -28,10 +29,6 @@ from smcdiff.diagnostics import (
 )
 
 plt.switch_backend("Agg")  # no display in tests
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ------------------------------------------------------------------- Pareto-k̂, exact tails

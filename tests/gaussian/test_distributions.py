@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 
 from smcdiff.diffusion.parametrization import KINDS, DiffusionModel, convert
 from smcdiff.diffusion.processes import (
@@ -42,10 +43,6 @@ def gmm1d() -> GaussianMixture:
 
 
 LAWS = {"gauss": gauss2, "gmm": gmm2}
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def assert_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, n_se: float = 4.0):

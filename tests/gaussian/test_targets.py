@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 
 from smcdiff.diffusion.processes import VP
 from smcdiff.gaussian import (
@@ -19,10 +20,6 @@ from smcdiff.gaussian import (
 )
 
 F64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def g2(m, c) -> Gaussian:

@@ -3,16 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import gen
 from scipy.integrate import solve_ivp
 
 from smcdiff.diffusion.processes import EDM, VP, LinearInterpolant
 from smcdiff.gaussian import Gaussian, GaussianMixture, teleport
 
 F64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def data_gaussian() -> Gaussian:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import gen
 
 from smcdiff.ssm import LinearGaussian, lgssm_data
 from smcdiff.ssm.backward import backward_log_kernel, gaussian_transition, row_logits
@@ -27,10 +28,6 @@ class GenericLG(LinearGaussianBootstrap):
     generic path (all-pairs ``log_m``)."""
 
     gaussian_transition = None
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def models(d: int, rho=None):

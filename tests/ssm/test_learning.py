@@ -331,8 +331,6 @@ def test_sa_validation():
 # ------------------------------------------------------------ Markov score climbing
 
 
-
-
 def test_markov_score_climbing_reaches_kl_minimiser(y1):
     """MSC with exact smoothing draws as the p-invariant kernel converges to the closed-form
     minimiser of KL(p || q_phi) within bias + 4 SE (same argument as the SA test)."""

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 from torch import distributions as D
 
 import smcdiff as sd
@@ -21,10 +22,6 @@ from smcdiff.ssm import (
 )
 
 f64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def model_2d(dtype=f64) -> LinearGaussian:

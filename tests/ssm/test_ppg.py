@@ -18,7 +18,8 @@ import math
 
 import pytest
 import torch
-from binary_hmm import BinaryHMM, chi2_pvalue, gen, posterior, posterior_draws
+from binary_hmm import BinaryHMM, chi2_pvalue, posterior, posterior_draws
+from helpers import gen
 
 from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
 from smcdiff.ssm.backward import IMHBackward, RejectionBackward

@@ -109,8 +109,6 @@ def test_sa_mle_with_ppg_score_reaches_exact_mle(y1):
 # ------------------------------------------------- Markov score climbing with CSMC-BS
 
 
-
-
 def test_markov_score_climbing_with_csmc_kernel(y1):
     """MSC (Naesseth, Lindsten & Blei 2020) whose p-invariant kernel is conditional SMC with
     backward sampling using the current ``q_phi`` as its proposal, ``C = 8`` chains, reaches

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 from scipy import stats
 
 from smcdiff.ssm import LinearGaussian, lgssm_data, rts_smoother
@@ -30,10 +31,6 @@ from smcdiff.ssm.smoothing import Additive, ffbsi, ffbsm, paris
 
 ALPHA = 1e-4
 T = 50
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _step(t, x_prev, x):

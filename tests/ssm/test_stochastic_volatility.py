@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import gen
 
 import smcdiff as sd
 from smcdiff.ssm import StochasticVolatility
@@ -21,10 +22,6 @@ from smcdiff.ssm.stochastic_volatility import (
 )
 
 f64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -58,6 +58,7 @@ import time
 
 import pytest
 import torch
+from helpers import gen
 
 from smcdiff.ssm import StochasticVolatility
 from smcdiff.ssm.learning import flatten_params, stochastic_approximation, unflatten_params
@@ -72,10 +73,6 @@ DATA_SEED = 2024
 CHI2_3_999 = 16.266  # 0.999 quantile of chi-square with 3 degrees of freedom
 H_FD = 0.15  # finite-difference steps in the unconstrained coordinates: Laplace reference,
 H_PRE = 0.25  # and the preconditioner (a larger step: less noise, more curvature averaging)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def particle_score(y: torch.Tensor, params: dict, num_particles: int, num_runs: int,
