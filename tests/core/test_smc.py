@@ -236,3 +236,24 @@ def test_bad_input_gets_clear_errors():
         sd.smc(type("X", (), {"T": 3, "M0": lambda *a: None})(), 8)
     with pytest.raises(ValueError, match="ess_threshold must lie in"):
         sd.smc(_Bad("ok"), 8, ess_threshold=1.5)
+
+
+def test_resample_where_checks_what_the_engine_trusts():
+    """resample_where (public; the engine's own calls skip these checks) validates the
+    caller's log-weights and scaled weights before the scheme sees them."""
+    from smcdiff.core.engine import resample_where
+
+    x = torch.zeros(2, 4, 1)
+    with pytest.raises(TypeError, match="floating point"):
+        resample_where(True, torch.zeros(2, 4, dtype=torch.long), x, resampling.systematic, None)
+    with pytest.raises(ValueError, match="scaled_w must have the shape"):
+        resample_where(True, torch.zeros(2, 4), x, resampling.systematic, None,
+                       scaled_w=torch.ones(2, 3))
+    flag = torch.tensor([True, False])
+    lw = torch.tensor([[0.0, -1.0, -2.0, -3.0], [0.0, 0.5, 1.0, 1.5]])
+    x = torch.arange(8.0).reshape(2, 4, 1)
+    moved, carried, anc, flags = resample_where(flag, lw, x, resampling.systematic,
+                                                torch.Generator().manual_seed(0))
+    assert torch.equal(anc[1], torch.arange(4)) and torch.equal(moved[1], x[1])
+    assert torch.equal(carried[0], torch.zeros(4)) and torch.equal(carried[1], lw[1])
+    assert torch.equal(flags, flag) and anc.dtype == torch.int64
