@@ -274,17 +274,19 @@ class LinearGaussian(StateSpaceModel):
         if self.state_dim != 1 or self.obs_dim != 1:
             return None
         params = self._step_parameters()
-        if any(p.is_inference() for p in params) or (
-                torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-            return None  # no version counter to trust, or a graph to keep
-        versions = [p._version for p in params]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return None  # a graph to keep: the tensor path
+        try:
+            stamp = [(id(p), p._version) for p in params]
+        except RuntimeError:  # an inference tensor: no version counter to trust
+            return None
         cached = self.__dict__.get("_scalar_cache")
-        if (cached is not None and cached[2] == versions
-                and all(a is b for a, b in zip(cached[0], params))):
+        if cached is not None and cached[0] == stamp:
             return cached[1]
         A, LQ, C, LR = self._coefficients()
         values = (float(A), float(LQ), 1.0 if C is None else float(C), float(LR))
-        self._scalar_cache = (params, values, versions)
+        # the tensors are kept with their stamp, so no other object can take their ids
+        self._scalar_cache = (stamp, values, params)
         return values
 
     def __repr__(self) -> str:

@@ -415,3 +415,13 @@ def test_scalar_bootstrap_path_equals_the_tensor_path(make, dtype):
         assert not torch.allclose(before, after)
         param.requires_grad_(True)
     torch.testing.assert_close(after, fk.log_G(2, x_prev, x_fast).detach(), **tol)
+
+
+def test_scalar_path_is_skipped_for_inference_tensor_parameters():
+    # parameters made under inference mode have no version counter: the tensor path runs
+    with torch.inference_mode():
+        model = LinearGaussian.ar1(0.9, 1.0, 0.5)
+        assert model._scalar_coefficients() is None
+        fk = model.bootstrap(torch.zeros(4, 1, dtype=f64))
+        x = fk.M(1, fk.M0(5, torch.Size([2]), gen(0)), gen(1))
+        assert fk.log_G(1, None, x).shape == (2, 5)
