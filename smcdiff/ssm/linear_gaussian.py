@@ -404,7 +404,7 @@ class LinearGaussianBootstrap(BootstrapFK):
     def __init__(self, ssm: LinearGaussian, y: torch.Tensor) -> None:
         super().__init__(ssm, y)
         # y_t as [*batch_y, 1] views for the scalar path (broadcast against [*batch, N])
-        self._y_scalars = [y_t[..., 0] for y_t in self._y_steps]
+        self._y_scalars = [y_t[..., 0] for y_t in self._y_steps] if ssm.obs_dim == 1 else []
 
     def M(self, t: int, x_prev: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         eps = standard_normal(x_prev.shape, x_prev, generator)
