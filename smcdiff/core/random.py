@@ -31,7 +31,7 @@ def standard_normal(shape: torch.Size | tuple[int, ...], like: torch.Tensor,
     keyword parsing: ~1.3 us a call on the CPU, a visible share of a small filter step),
     except for float64 on the CPU from 4096 draws on: torch fills those one at a time
     (~17 ns a draw, five times its float32 rate), and the Box-Muller transform
-    (Box & Muller 1958) written as whole-tensor ops is ~1.7x faster (:func:`box_muller`).
+    (Box & Muller 1958) written as whole-tensor ops is 1.3-1.7x faster (:func:`box_muller`).
     """
     shape = torch.Size(shape)
     if like.dtype == torch.float64 and like.is_cpu and shape.numel() >= _BOX_MULLER_MIN:
