@@ -19,7 +19,8 @@ def _draw_uniform(shape: torch.Size, like: torch.Tensor, generator: torch.Genera
 
 
 # Below this many float64 draws on the CPU, torch's own sampler is cheaper than the few
-# extra ops of the vectorised Box-Muller transform (measured crossover ~2000).
+# extra ops of the vectorised Box-Muller transform (one thread: 47 vs 38 us at 2048 draws,
+# 68 vs 78 us at 4096).
 _BOX_MULLER_MIN = 4096
 
 
@@ -60,7 +61,6 @@ def box_muller(shape: torch.Size | tuple[int, ...], generator: torch.Generator |
     torch.cos(theta, out=out[0])
     torch.sin(theta, out=out[1])
     return out.mul_(r).view(-1)[:n].view(shape)
-
 
 
 def sample(
